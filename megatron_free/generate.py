@@ -5,6 +5,7 @@ Latent modes for the generated sequence:
   uniform           a fresh uniform Z per token, independently per sample (the prior)
   fixed-seed        uniform Z per token drawn from --latent-seed, shared by every sample
   posterior-prompt  the prompt's Z from the encoder over the prompt, then uniform Z per new token
+or explicit ``codes`` ([b, prompt + new tokens]), e.g. one Z per group of rows (the toy study).
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ def _latent_codes_of_prompt(model_chunks) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(model_chunks, prompt_ids: torch.Tensor, num_tokens: int, *, latent="uniform",
-             latent_bits=None, seed=0, temperature=1.0, top_k=0, vocab_size=None) -> torch.Tensor:
+             latent_bits=None, seed=0, temperature=1.0, top_k=0, vocab_size=None,
+             codes=None) -> torch.Tensor:
     """Returns [b, prompt + num_tokens] token ids, identical on every rank. ``vocab_size``: the
-    tokenizer's, so Megatron's padding rows of the output layer are never sampled."""
+    tokenizer's, so Megatron's padding rows of the output layer are never sampled. ``codes``
+    ([b, prompt + num_tokens] int64, same on every rank): the Z of every position, instead of
+    drawing them as ``latent`` says (a Free Transformer only)."""
     for chunk in model_chunks:
         chunk.eval()
     if latent not in GENERATION_LATENTS:
@@ -75,7 +79,12 @@ def generate(model_chunks, prompt_ids: torch.Tensor, num_tokens: int, *, latent=
     total = prompt_len + num_tokens
     seeds = torch.arange(batch, device=device) + seed
     control = LatentControl(mode="prior")
-    if latent_bits is not None:
+    if codes is not None:
+        if tuple(codes.shape) != (batch, total):
+            raise ValueError(f"codes has shape {tuple(codes.shape)}, expected {(batch, total)} "
+                             f"(rows x prompt + new tokens)")
+        control = None
+    elif latent_bits is not None:
         gen = torch.Generator().manual_seed(seed)
         if latent == "fixed-seed":
             codes = uniform_codes((1, total), latent_bits, generator=gen).expand(batch, total)

@@ -1,25 +1,136 @@
-"""Samples of a toy-task model from one prompt: a group sharing one Z and a group drawing Z
-independently per sample (the paper's Figure 4 setting), with the well-formedness check."""
+"""The generation study of the paper's toy task (section 4.1, Figure 4): from one prompt, groups of
+samples whose Z is shared by the whole group and groups whose samples draw Z independently; and
+the measures that tell what Z carries.
+
+    groups = generate_groups(model_chunks, tokenizer, "KQA", group_size=8, shared_z=True,
+                             latent_bits=12, seed=0)       # 3 groups of 8 texts, one Z per group
+    summarize_groups(groups)   # {"well_formed": .., "position_agreement": .., "noise_identical": ..}
+
+Measures over groups of generated texts (pairs are unordered pairs of samples of one group):
+  well_formed         fraction of samples that parse_toy_sample accepts (66 characters, one run of
+                      the prompt's letter of length 8, allowing for the noise)
+  position_agreement  over pairs of well-formed samples: fraction with the target at the same place
+  position_distance   over the same pairs: mean |difference| of the target positions (uniform and
+                      independent positions: 19.0)
+  noise_identical     over all pairs: fraction whose "!" positions in the body are identical
+  noise_jaccard       over all pairs: mean |A & B| / |A | B| of the "!" positions (1 when both empty)
+A model whose Z carries the target position has position_agreement near 1 in shared-Z groups and
+near 1/57 (a uniform position) in independent-Z groups; likewise the noise measures for the noise.
+"""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
-from megatron_free.data.toy import parse_toy_sample
-from megatron_free.generate import generate
+from megatron_free.data.toy import BODY_LENGTH, NOISE_CHAR, PROMPT_LENGTH, parse_toy_sample
+from megatron_free.model.binary_mapper import uniform_codes
 from megatron_free.training.metrics import print_rank_last
+
+
+def noise_positions(text: str) -> frozenset[int]:
+    """Indices of the "!" characters in the body (the text after the prompt)."""
+    return frozenset(i for i, c in enumerate(text[PROMPT_LENGTH:]) if c == NOISE_CHAR)
+
+
+def well_formed_rate(texts) -> float:
+    texts = list(texts)
+    return sum(parse_toy_sample(t) is not None for t in texts) / len(texts) if texts else float("nan")
+
+
+def _pairs(groups):
+    for group in groups:
+        yield from itertools.combinations(group, 2)
+
+
+def position_agreement(groups) -> tuple[float, int]:
+    """(fraction of pairs of well-formed samples of one group with the same target position,
+    number of such pairs); NaN when no group has two well-formed samples."""
+    distances = _position_distances(groups)
+    same = sum(d == 0 for d in distances)
+    return (same / len(distances) if distances else float("nan")), len(distances)
+
+
+def position_distance(groups) -> float:
+    """Mean |position difference| over pairs of well-formed samples of one group (NaN if none)."""
+    distances = _position_distances(groups)
+    return sum(distances) / len(distances) if distances else float("nan")
+
+
+def _position_distances(groups) -> list[int]:
+    distances = []
+    for group in groups:
+        positions = [p for p in map(parse_toy_sample, group) if p is not None]
+        distances += [abs(a - b) for a, b in itertools.combinations(positions, 2)]
+    return distances
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def noise_agreement(groups) -> dict:
+    """Over all pairs of samples of one group: the fraction with identical "!" positions and the
+    mean Jaccard overlap of the "!" positions."""
+    identical = jaccard = count = 0
+    for a, b in _pairs(groups):
+        na, nb = noise_positions(a), noise_positions(b)
+        identical += na == nb
+        jaccard += _jaccard(na, nb)
+        count += 1
+    nan = float("nan")
+    return {"noise_identical": identical / count if count else nan,
+            "noise_jaccard": jaccard / count if count else nan, "pairs": count}
+
+
+def summarize_groups(groups) -> dict:
+    """Every measure of the module docstring for a list of groups (lists of texts)."""
+    groups = [list(g) for g in groups]
+    position, position_pairs = position_agreement(groups)
+    noise = noise_agreement(groups)
+    return {
+        "samples": sum(len(g) for g in groups),
+        "well_formed": well_formed_rate(t for g in groups for t in g),
+        "position_agreement": position, "position_pairs": position_pairs,
+        "position_distance": position_distance(groups),
+        "noise_identical": noise["noise_identical"], "noise_jaccard": noise["noise_jaccard"],
+        "pairs": noise["pairs"],
+    }
+
+
+def generate_groups(model_chunks, tokenizer, letters: str, group_size: int, *, shared_z: bool,
+                    latent_bits, seed: int) -> list[list[str]]:
+    """One group of ``group_size`` samples from the prompt "<letter>>" per letter, all groups in
+    one batch. ``shared_z``: every sample of a group gets the same Z (one uniform code per
+    position, drawn once per group); otherwise each sample draws its own. Temperature 1, no top-k.
+    ``latent_bits`` None: a baseline (no Z; both settings are then the same distribution)."""
+    from megatron_free.generate import generate  # megatron-core: not needed by the measures
+
+    prompts = [tokenizer.tokenize(f"{letter}>") for letter in letters for _ in range(group_size)]
+    prompt = torch.tensor(prompts)
+    total = prompt.shape[1] + BODY_LENGTH
+    codes = None
+    if latent_bits is not None:
+        gen = torch.Generator().manual_seed(seed)
+        if shared_z:
+            codes = uniform_codes((len(letters), total), latent_bits, generator=gen)
+            codes = codes.repeat_interleave(group_size, dim=0)
+        else:
+            codes = uniform_codes((len(letters) * group_size, total), latent_bits, generator=gen)
+    ids = generate(model_chunks, prompt, BODY_LENGTH, seed=seed, codes=codes,
+                   vocab_size=tokenizer.vocab_size)
+    texts = [tokenizer.detokenize(row.tolist()) for row in ids]
+    return [texts[i:i + group_size] for i in range(0, len(texts), group_size)]
 
 
 def sample_groups(model_chunks, tokenizer, letter: str, group_size: int, seed: int, latent_bits):
     """{'shared Z': [texts], 'independent Z': [texts]} from the prompt '<letter>>'."""
-    prompt = torch.tensor([tokenizer.tokenize(f"{letter}>")] * group_size)
-    body = 64
-    groups = {}
-    for name, latent in (("shared Z", "fixed-seed"), ("independent Z", "uniform")):
-        ids = generate(model_chunks, prompt, body, latent=latent if latent_bits else "uniform",
-                       latent_bits=latent_bits, seed=seed, vocab_size=tokenizer.vocab_size)
-        groups[name] = [tokenizer.detokenize(row.tolist()) for row in ids]
-    return groups
+    return {
+        name: generate_groups(model_chunks, tokenizer, letter, group_size, shared_z=shared,
+                              latent_bits=latent_bits, seed=seed)[0]
+        for name, shared in (("shared Z", True), ("independent Z", False))
+    }
 
 
 def print_toy_samples(model_chunks, tokenizer, args) -> None:

@@ -106,3 +106,39 @@ def test_prior_default_for_likelihood_scoring(run_dir):
         a = model(tokens, latent_seed=0).logits
         b = model(changed, latent_seed=0).logits
     assert torch.equal(a[:, :-1], b[:, :-1])
+
+
+def _greedy_with_codes_and_replay(load_dir, prompt, codes, num_tokens):
+    """Greedy generation with explicit codes, and the argmax of one forward over its output with
+    the same codes (a causal model: position t sees tokens and codes up to t only)."""
+    from megatron_free.convert.from_checkpoint import load_unsplit_model
+    from megatron_free.generate import generate
+    from megatron_free.model.latent import LatentControl
+
+    model, _, tokenizer = load_unsplit_model(load_dir)
+    (post_sampler,) = [p for name, p in model.named_parameters() if name.endswith("post_sampler")]
+    with torch.no_grad():
+        post_sampler.normal_(0.0, 10.0, generator=torch.Generator().manual_seed(0))  # Z must matter
+    ids = generate([model], prompt, num_tokens, top_k=1, codes=codes, vocab_size=tokenizer.vocab_size)
+    with pytest.raises(ValueError, match="codes has shape"):
+        generate([model], prompt, num_tokens, codes=codes[:, :-1])
+    inputs = ids[:, :-1]
+    positions = torch.arange(inputs.shape[1]).expand_as(inputs)
+    with torch.no_grad():
+        logits = model(inputs, positions, None, latent_seeds=torch.arange(inputs.shape[0]),
+                       latent=LatentControl("given", codes=codes[:, :-1]))
+    return ids, logits[..., : tokenizer.vocab_size].argmax(-1)
+
+
+@pytest.mark.slow
+def test_generation_with_explicit_codes_follows_them(run_dir):
+    """generate(codes=...) (the toy study's shared / independent Z) conditions every new token on
+    the given code of its position: greedy samples equal the argmax of a forward with those codes;
+    rows that share prompt and codes share their sample."""
+    prompt = torch.tensor([[12, 28]] * 3)
+    codes = torch.randint(0, 2**6, (3, 2 + 12), generator=torch.Generator().manual_seed(5))
+    codes[1] = codes[0]
+    (ids, replay) = run_ranks(1, _greedy_with_codes_and_replay, str(run_dir / "ckpt"), prompt, codes, 12)[0]
+    assert ids.shape == (3, 14) and torch.equal(ids[:, :2], prompt)
+    assert torch.equal(ids[:, 2:], replay[:, 1:])
+    assert torch.equal(ids[0], ids[1])
