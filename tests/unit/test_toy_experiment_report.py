@@ -1,0 +1,80 @@
+"""The report of examples/toy_experiment.py: the paper's findings tested on the measures, and the
+markdown and figures written from a results dict (no training here)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "toy_experiment.py"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    spec = importlib.util.spec_from_file_location("toy_experiment", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def measures(well_formed=0.95, position=0.02, distance=19.0, noise=0.03):
+    return {"groups": [["K>" + "_" * 64] * 2], "well_formed": well_formed, "position_agreement": position,
+            "position_distance": distance, "noise_identical": 0.0, "noise_jaccard": noise, "pairs": 28}
+
+
+def run(kappa, independent, shared, kl=None):
+    validation = {"lm loss": 0.29} if kappa is None else {"kl": kl, "posterior lm loss": 0.25,
+                                                          "prior lm loss": 0.3}
+    return {"kappa": kappa, "train": {"validation": validation, "ms_per_iteration": 400.0},
+            "independent": independent, "shared": shared}
+
+
+def paper_like_results():
+    """Measures shaped as the paper reports them."""
+    return {
+        "baseline": run(None, measures(), measures()),
+        "kappa=1/64": run(1 / 64, measures(), measures(), kl=0.01),
+        "kappa=1/8": run(1 / 8, measures(), measures(position=0.9, distance=0.5), kl=0.1),
+        "kappa=1": run(1.0, measures(), measures(position=0.95, distance=0.2, noise=0.8), kl=0.9),
+        "kappa=8": run(8.0, measures(well_formed=0.3), measures(well_formed=0.35, position=1.0, distance=0.0,
+                                                                noise=0.95), kl=7.9),
+    }
+
+
+def test_paper_like_measures_match_every_finding(toy):
+    lines = toy.verdicts(paper_like_results())
+    assert len(lines) == 4 and all(line.endswith("**matches**.") for line in lines), lines
+
+
+def test_carried_yes_partly_no(toy):
+    """yes: shared >= 0.5 and >= independent + 0.3; partly: >= independent + 0.1; else no."""
+    assert toy.carried(run(1.0, measures(position=0.05), measures(position=0.6)), "position") == "yes"
+    assert toy.carried(run(1.0, measures(position=0.05), measures(position=0.23)), "position") == "partly"
+    assert toy.carried(run(1.0, measures(position=0.05), measures(position=0.1)), "position") == "no"
+    assert toy.carried(run(1.0, measures(noise=0.5), measures(noise=0.7)), "noise") == "partly"  # < +0.3
+
+
+def test_unused_latent_does_not_match_the_paper_at_one_bit(toy):
+    results = paper_like_results()
+    results["kappa=1"] = run(1.0, measures(), measures(position=0.23), kl=0.8)
+    line = next(x for x in toy.verdicts(results) if x.startswith("- kappa = 1 bit"))
+    assert "position carried: partly; noise carried: no" in line
+    assert "**does not match** (position: partly, paper: yes; noise: no, paper: yes)" in line
+
+
+def test_report_and_figures_are_written(toy, tmp_path):
+    pytest.importorskip("matplotlib")
+    results = paper_like_results()
+    meta = {"date": "2026-11-23", "machine": "2 CPU cores", "command": "python examples/toy_experiment.py",
+            "wall_minutes": 21.8, "reuse_minutes": None, "layers": 4, "hidden": 64, "latent_bits": 9,
+            "train_iters": 3000, "batch": 16, "lr": 0.006, "groups": 1, "group_size": 2,
+            "seconds": {f"{name} {kind}": 1.0 for name in results for kind in ("train", "evaluate")},
+            "notes": "notes"}
+    out = tmp_path / "toy"
+    out.mkdir()
+    toy.samples_figure(results, out / "samples.png")
+    toy.measures_figure(results, out / "measures.png")
+    toy.write_markdown(results, meta, tmp_path / "toy.md", out)
+    text = (tmp_path / "toy.md").read_text()
+    assert "![samples](toy/samples.png)" in text and "| kappa=8 | 8 |" in text
+    assert (out / "samples.png").stat().st_size > 10_000 and (out / "measures.png").stat().st_size > 10_000
