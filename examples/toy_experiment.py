@@ -62,6 +62,16 @@ BREAKS_MARGIN = 0.2                      # well-formed rate >= 0.2 below the bas
 ENTROPY_NATS = (math.log(57) + 64 * -(1 / 16 * math.log(1 / 16) + 15 / 16 * math.log(15 / 16))) / 66
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_dir(work: Path, name: str) -> Path:
     return work / name.replace("=", "_").replace("/", "_")  # kappa=1/64 -> kappa_1_64
 
@@ -348,7 +358,7 @@ Measured {meta['date']} on {meta['machine']}, with
 
     {meta['command']}
 
-in {meta['wall_minutes']:.1f} minutes{reused}: the five models trained at once, one process and one thread each
+in {meta['wall_minutes']:.1f} minutes{reused}: the five models trained at once, one process and one thread each.
 Training + evaluation per model: {timing}.
 
 Setup: the toy task of the paper (64 characters, a run of 8 copies of the prompt's letter at a
@@ -473,7 +483,7 @@ def main(argv=None) -> int:
                          **samples}
     meta = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
+        "machine": f"{os.cpu_count()} CPU cores ({cpu_model()})",
         "command": command, **timing,
         "layers": LAYERS, "hidden": HIDDEN, "latent_bits": args.latent_bits,
         "train_iters": args.train_iters, "batch": BATCH, "lr": LR, "groups": args.groups, "group_size": args.group_size,

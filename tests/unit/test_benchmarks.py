@@ -69,12 +69,14 @@ def test_quick_run_writes_every_part(tmp_path):
 
     (step,) = results["step"]
     for model in ("free", "baseline"):
-        assert step[model]["time_s"] > 0 and step[model]["mem_mib"] > 0 and step[model]["tokens_per_s"] > 0
+        assert step[model]["time_s"] > 0 and step[model]["cpu_s"] > 0 and step[model]["mem_mib"] > 0
+        assert step[model]["tokens_per_s"] > 0
         assert len(step[model]["time_s_all"]) == step["steps"]
     # the analytic counts beside the ratios are the built models' counts
     assert step["free"]["parameters"] == step["parameters"]["free"] > step["baseline"]["parameters"]
     assert step["baseline"]["parameters"] == step["parameters"]["baseline"]
-    assert step["time_ratio"] > 0 and step["mem_ratio"] > 0
+    for ratio in ("time_ratio", "time_ratio_paired", "cpu_time_ratio", "mem_ratio"):
+        assert step[ratio] > 0
     assert step["flop_ratio"] > 1 and step["alternating"]
 
     assert {r["variant"] for r in results["mapper"]} == {"ours", "dense"}
