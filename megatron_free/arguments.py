@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save", default=None)
     g.add_argument("--load", default=None)
     g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--keep-last-checkpoints", type=int, default=None, metavar="N",
+                   help="after each save, delete all but the N newest checkpoints under --save "
+                        "(default: keep every one, as Megatron-LM)")
     g.add_argument("--no-save-optim", action="store_true")
     g.add_argument("--no-save-rng", action="store_true")
     g.add_argument("--no-load-optim", action="store_true")
@@ -286,6 +289,10 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         need(args.vocab_size is not None or args.tokenizer_type, "--mock-data needs --vocab-size or --tokenizer-type")
     if args.save_interval is not None:
         need(args.save is not None, "--save-interval needs --save")
+    if args.keep_last_checkpoints is not None:
+        need(args.save is not None, "--keep-last-checkpoints needs --save")
+        need(args.keep_last_checkpoints >= 1,
+             f"--keep-last-checkpoints must be >= 1, got {args.keep_last_checkpoints}")
     need(not (args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler),
          "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler are exclusive")
     if args.init_from_baseline:

@@ -7,6 +7,7 @@ A checkpoint is written into ``iter_XXXXXXX.tmp`` and renamed only after every r
 the tracker is then replaced atomically. A crash (or kill -9) during a save leaves the previous
 checkpoint and the tracker untouched, and never a directory that looks complete; loading reads
 the tracker, so leftover ``.tmp`` directories are ignored, and the next save removes them.
+--keep-last-checkpoints N then deletes all but the N newest checkpoints.
 
 Held: the model, the optimizer, the LR scheduler, iteration, consumed samples, the RNG states
 (python, numpy, torch, megatron's tracker; per rank) and the run's arguments. The optimizer
@@ -204,8 +205,24 @@ def save_checkpoint(root, iteration, model_chunks, optimizer, scheduler, consume
     if dist.get_rank() == 0:
         _replace_dir(tmp, final)
         _write_atomically(Path(root) / TRACKER, f"{iteration}\n")
+        if args.keep_last_checkpoints:
+            _remove_older_checkpoints(Path(root), iteration, args.keep_last_checkpoints)
     dist.barrier()
     return final
+
+
+def _remove_older_checkpoints(root: Path, latest: int, keep: int) -> None:
+    """Deletes all but the ``keep`` newest complete checkpoints up to ``latest`` (the one the
+    tracker now names). Each goes through a rename to ``.old`` first, so a kill during the
+    deletion leaves a leftover (removed by the next save), never a half-deleted iter_* directory
+    that looks complete."""
+    saved = (int(path.name[len("iter_"):]) for path in root.iterdir() if _ITERATION_DIR.fullmatch(path.name))
+    iterations = sorted(i for i in saved if i <= latest)
+    for iteration in iterations[:-keep]:
+        path = checkpoint_dir(root, iteration)
+        doomed = path.with_name(path.name + ".old")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
 
 
 def _remove_leftovers(root: Path) -> None:

@@ -235,6 +235,24 @@ def test_save_interval_and_final_save_into_a_new_directory(ranks, tmp_path):
     assert sorted(p.name for p in save.iterdir()) == ["iter_0000002", "iter_0000004", TRACKER]
 
 
+def test_keep_last_checkpoints_deletes_older_ones_and_resumes(ranks, tmp_path):
+    """--keep-last-checkpoints 2 with a save every iteration keeps iterations 3 and 4 of a run
+    stopped at 4 (a
+    leftover of a killed deletion, iter_*.old, goes too); a resume to 6 keeps 5 and 6, and its
+    weights equal an uninterrupted run's."""
+    keep = ["--save", str(tmp_path), "--save-interval", "1", "--keep-last-checkpoints", "2"]
+    (tmp_path / "iter_0000001.old").mkdir(parents=True)
+    ranks(2, _train, [*keep, "--train-iters", "6", "--exit-interval", "4"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000003", "iter_0000004", TRACKER]
+    resumed = ranks(2, _train, [*keep, "--load", str(tmp_path), "--train-iters", "6"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000005", "iter_0000006", TRACKER]
+    straight = ranks(2, _train, ["--train-iters", "6"])
+    for (_, weights, *_), (_, reference, *_) in zip(resumed, straight):
+        assert sorted(weights) == [5, 6]
+        for name, tensor in reference[6].items():
+            torch.testing.assert_close(weights[6][name], tensor, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("flags,last", [
     (["--exit-interval", "2"], 2),
     (["--exit-duration-in-mins", "1e-6"], 1),  # counted from the process start: past it at once

@@ -117,3 +117,15 @@ def test_common_state_must_fit_the_run(tmp_path):
         _check_loadable(tmp_path, without_optimizer, _run_args())
     _check_loadable(tmp_path, without_optimizer, _run_args(no_load_optim=True))
     _check_loadable(tmp_path, without_optimizer, _run_args(finetune=True))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--keep-last-checkpoints", "2"), "--keep-last-checkpoints needs --save"),
+    (("--save", "/tmp/x", "--keep-last-checkpoints", "0"), "--keep-last-checkpoints must be >= 1, got 0"),
+])
+def test_keep_last_checkpoints_is_validated(extra, message):
+    from megatron_free.arguments import ArgumentError
+    from tests.tiny import tiny_args
+
+    with pytest.raises(ArgumentError, match=message):
+        tiny_args(1, *extra)
