@@ -80,6 +80,17 @@ def _write_atomically(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Makes the renames inside ``path`` durable: after a power loss the tracker must not name a
+    checkpoint whose rename from .tmp was lost."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _rank_rng_state(include: bool) -> dict:
@@ -204,6 +215,7 @@ def save_checkpoint(root, iteration, model_chunks, optimizer, scheduler, consume
     dist.barrier()  # every rank's shards are written
     if dist.get_rank() == 0:
         _replace_dir(tmp, final)
+        _fsync_dir(Path(root))
         _write_atomically(Path(root) / TRACKER, f"{iteration}\n")
         if args.keep_last_checkpoints:
             _remove_older_checkpoints(Path(root), iteration, args.keep_last_checkpoints)
