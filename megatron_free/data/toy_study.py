@@ -125,11 +125,12 @@ def generate_groups(model_chunks, tokenizer, letters: str, group_size: int, *, s
 
 
 def sample_groups(model_chunks, tokenizer, letter: str, group_size: int, seed: int, latent_bits):
-    """{'shared Z': [texts], 'independent Z': [texts]} from the prompt '<letter>>'."""
+    """{'shared Z': [texts], 'independent Z': [texts]} from the prompt '<letter>>'; the groups
+    use different seeds, so that no sample of one repeats a sample of the other by construction."""
     return {
         name: generate_groups(model_chunks, tokenizer, letter, group_size, shared_z=shared,
-                              latent_bits=latent_bits, seed=seed)[0]
-        for name, shared in (("shared Z", True), ("independent Z", False))
+                              latent_bits=latent_bits, seed=seed + offset)[0]
+        for name, shared, offset in (("shared Z", True, 0), ("independent Z", False, 1000))
     }
 
 
