@@ -33,7 +33,7 @@ import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from benchmarks import binary_mapper, preprocess, training_step
+from benchmarks import binary_mapper, cpu_model, preprocess, training_step
 
 PARTS = ("step", "mapper", "preprocess", "gpu")
 MAPPER_TARGET_MEMORY = 10.0  # dense / ours peak memory, at least
@@ -44,15 +44,7 @@ QUICK_PREPROCESS_FILES = 40
 def machine_info() -> dict:
     import torch
 
-    cpu_model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu_model": cpu_model, "cpus": os.cpu_count(), "platform": platform.platform(),
+    info = {"cpu_model": cpu_model() or "unknown", "cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available()}  # no device query here: the workers own the GPU
     try:

@@ -355,11 +355,16 @@ def run(configs=CPU_CONFIGS, steps: int = 10, warmup: int = 2, threads: int | No
             for c in configs]
 
 
+def _rule(header: str) -> str:
+    """The markdown line under ``header``: one run of dashes per column, as wide as it."""
+    return "|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|"
+
+
 def format_table(results: list[dict]) -> str:
     """Per config: step times and memory of both models, measured ratios, analytic FLOP ratio."""
     header = (f"| {'config':<22} | {'free s':>6} | {'base s':>6} | {'time x':>6} | {'cpu x':>5} | {'free MiB':>8} | "
               f"{'base MiB':>8} | {'mem x':>5} | {'FLOP x':>6} | {'enc +':>5} | {'mapper +':>8} | {'params x':>8} |")
-    lines = [header, "|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|"]
+    lines = [header, _rule(header)]
     for r in results:
         if "skipped" in r:
             lines.append(f"skipped {r.get('config', '')}: {r['skipped']}")
@@ -381,7 +386,7 @@ def format_throughput_table(results: list[dict]) -> str:
     """GPU rows: tokens/s, model TFLOP/s and MFU of both models per precision."""
     header = (f"| {'config':<44} | {'dtype':<18} | {'model':<8} | {'tokens/s':>9} | {'TFLOP/s':>7} | "
               f"{'MFU':>5} | {'GiB':>5} |")
-    lines = [header, "|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|"]
+    lines = [header, _rule(header)]
     for r in results:
         if "skipped" in r:
             lines.append(f"skipped {r.get('config', '')} {r.get('dtype', '')}: {r['skipped']}")

@@ -33,7 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # megatron_free without an install (the runs get it via PYTHONPATH)
+sys.path.insert(0, str(REPO))  # megatron_free and benchmarks without an install (the runs: PYTHONPATH)
+
+from benchmarks import cpu_model  # noqa: E402
 
 # (name, kappa in bits per token; None for the baseline), in the order of the table.
 RUNS = [("baseline", None), ("kappa=1/64", 1 / 64), ("kappa=1/8", 1 / 8), ("kappa=1", 1.0),
@@ -60,16 +62,6 @@ CARRIED_MIN, CARRIED_MARGIN = 0.5, 0.3   # shared-Z agreement >= 0.5 and >= inde
 PARTLY_MARGIN = 0.1                      # shared-Z agreement >= independent + 0.1: partly carried
 BREAKS_MARGIN = 0.2                      # well-formed rate >= 0.2 below the baseline's
 ENTROPY_NATS = (math.log(57) + 64 * -(1 / 16 * math.log(1 / 16) + 15 / 16 * math.log(15 / 16))) / 66
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_dir(work: Path, name: str) -> Path:
@@ -490,7 +482,7 @@ def main(argv=None) -> int:
                          **samples}
     meta = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} CPU cores ({cpu_model()})",
+        "machine": f"{os.cpu_count()} CPU cores ({cpu_model() or platform.processor() or platform.machine()})",
         "command": command, **timing,
         "layers": LAYERS, "hidden": HIDDEN, "latent_bits": args.latent_bits,
         "train_iters": args.train_iters, "batch": BATCH, "lr": LR, "groups": args.groups, "group_size": args.group_size,

@@ -228,13 +228,17 @@ def _remove_older_checkpoints(root: Path, latest: int, keep: int) -> None:
     tracker now names). Each goes through a rename to ``.old`` first, so a kill during the
     deletion leaves a leftover (removed by the next save), never a half-deleted iter_* directory
     that looks complete."""
-    saved = (int(path.name[len("iter_"):]) for path in root.iterdir() if _ITERATION_DIR.fullmatch(path.name))
-    iterations = sorted(i for i in saved if i <= latest)
-    for iteration in iterations[:-keep]:
-        path = checkpoint_dir(root, iteration)
+    older = [path for path in _saved_checkpoints(root) if int(path.name[len("iter_"):]) <= latest]
+    for path in older[:-keep]:
         doomed = path.with_name(path.name + ".old")
         os.replace(path, doomed)
         shutil.rmtree(doomed)
+
+
+def _saved_checkpoints(root: Path) -> list[Path]:
+    """The complete iter_XXXXXXX directories under ``root``, oldest first (leftovers of killed
+    saves, iter_*.tmp and iter_*.old, are not among them)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and _ITERATION_DIR.fullmatch(p.name))
 
 
 def _remove_leftovers(root: Path) -> None:
@@ -290,7 +294,7 @@ def find_checkpoint(load, flag: str = "--load") -> Path | None:
         return _complete(root, flag)  # a checkpoint itself, iter_XXXXXXX(.tmp) included
     iteration = read_tracker(root, flag)
     if iteration is None:
-        saved = sorted(p.name for p in root.iterdir() if p.is_dir() and _ITERATION_DIR.fullmatch(p.name))
+        saved = [p.name for p in _saved_checkpoints(root)]
         if saved:
             raise CheckpointError(
                 f"{flag} {load}: has {', '.join(saved)} but no {TRACKER}: give {flag} "
