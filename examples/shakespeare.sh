@@ -3,7 +3,7 @@
 # pretraining run of a Free Transformer with 2 ranks (TP=2). Run from the repository root:
 #   bash examples/shakespeare.sh
 set -euo pipefail
-TEXT=${TEXT:-../shared/data/tinyshakespeare.txt}
+TEXT=${TEXT:-data/tinyshakespeare.txt}
 OUT=${OUT:-runs/shakespeare}
 mkdir -p "$OUT"
 

@@ -1,6 +1,6 @@
 """Train a sentencepiece tokenizer (BPE, byte fallback, split digits), reproducibly from --seed.
 
-    python tools/train_tokenizer.py --input ../shared/data/tinyshakespeare.txt --input-format text-files \
+    python tools/train_tokenizer.py --input data/tinyshakespeare.txt --input-format text-files \
         --model-prefix /tmp/shakespeare --vocab-size 2048
 
 Same as the console script megatron-free-train-tokenizer; the code is megatron_free/data/train_tokenizer.py.

@@ -4,7 +4,7 @@ Run:
     megatron-free-preprocess --input 'corpus/*.jsonl.gz' --output-prefix data/corpus \
         --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model --append-eod --workers 8
     python tools/preprocess_data.py ...            (same flags)
-    python tools/preprocess_data.py --input ../shared/data/tinyshakespeare.txt --input-format text-files \
+    python tools/preprocess_data.py --input data/tinyshakespeare.txt --input-format text-files \
         --output-prefix /tmp/shakespeare --tokenizer-type ByteTokenizer --append-eod
 
 Inputs: JSONL (one JSON object per line, text under each of --json-keys; a list of strings counts as

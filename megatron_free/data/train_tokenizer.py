@@ -1,7 +1,7 @@
 """Train a sentencepiece tokenizer with LLM-style defaults, reproducibly from a seed.
 
 Run:
-    megatron-free-train-tokenizer --input ../shared/data/tinyshakespeare.txt --input-format text-files \
+    megatron-free-train-tokenizer --input data/tinyshakespeare.txt --input-format text-files \
         --model-prefix /tmp/shakespeare --vocab-size 2048
     python tools/train_tokenizer.py ...            (same flags)
 

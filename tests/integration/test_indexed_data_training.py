@@ -10,7 +10,7 @@ import torch
 
 from tests.harness import run_ranks
 
-SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "data" / "tinyshakespeare.txt"
 
 
 def _preprocess(text_file, prefix):
@@ -44,7 +44,6 @@ def _train(data_args, iters):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} (shared data) is not here")
 def test_blended_indexed_datasets_train(tmp_path):
     """A 0.7/0.3 blend of two preprocessed halves of tiny-shakespeare trains; the loss falls."""
     lines = SHAKESPEARE.read_text().splitlines()

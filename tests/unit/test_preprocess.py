@@ -24,9 +24,7 @@ with warnings.catch_warnings():  # megatron.core warns that Transformer Engine /
     from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
 
 REPO = Path(__file__).parents[2]
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
-needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} not found (shared data dir)")
+SHAKESPEARE = Path(__file__).parents[2] / "data" / "tinyshakespeare.txt"
 
 DOCS = [
     {"text": "To be, or not to be: that is the question.", "title": "Hamlet"},
@@ -120,7 +118,6 @@ def test_bytes_identical_to_megatron_algorithm(tmp_path):
     assert ours == megatron_reference(tmp_path, src, ByteTokenizer(), ("text",), append_eod=False)
 
 
-@needs_shakespeare
 def test_sentencepiece_bytes_identical_to_megatron_tokenizer(tmp_path):
     """A trained sentencepiece model: bytes equal the Megatron algorithm run with megatron-core's own tokenizer."""
     model = train_tokenizer(TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "sp"),
@@ -167,7 +164,6 @@ def test_gzip_and_glob_inputs(tmp_path):
         run(tmp_path, [tmp_path / "nothing-*.jsonl"], name="none")
 
 
-@needs_shakespeare
 def test_text_formats_on_shakespeare(tmp_path):
     """text-lines: one document per non-blank line; text-files: one document per file, an empty file an empty one."""
     text = SHAKESPEARE.read_text(encoding="utf-8")

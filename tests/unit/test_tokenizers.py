@@ -17,16 +17,12 @@ from megatron_free.data.tokenizers import (
 )
 from megatron_free.data.train_tokenizer import TokenizerTrainingConfig, main as train_main, train_tokenizer
 
-SHARED_DATA = (Path(__file__).parents[2] / ".." / "shared" / "data").resolve()
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
-needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} not found (shared data dir)")
+SHAKESPEARE = Path(__file__).parents[2] / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture(scope="module")
 def shakespeare_model(tmp_path_factory):
     """A 512-piece BPE model trained on tinyshakespeare (under a second)."""
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} not found (shared data dir)")
     prefix = tmp_path_factory.mktemp("tok") / "shakespeare"
     config = TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(prefix), vocab_size=512,
                                      input_format="text-files", seed=7)
@@ -84,7 +80,6 @@ def test_huggingface_tokenizer_errors(tmp_path):
             HuggingFaceTokenizer(tmp_path)
 
 
-@needs_shakespeare
 def test_huggingface_tokenizer_matches_megatron_core(tmp_path):
     """A local HF tokenizer folder: ids, eod and vocab size as megatron-core's HuggingFaceTokenizer; usable by preprocess."""
     transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[hf]')")
@@ -145,7 +140,6 @@ def test_sentencepiece_matches_megatron_core(shakespeare_model):
     assert pickle.loads(pickle.dumps(tok)).tokenize(text) == tok.tokenize(text)
 
 
-@needs_shakespeare
 def test_train_tokenizer_is_reproducible(tmp_path, shakespeare_model):
     """train_tokenizer: same inputs and seed give the same .model bytes; byte fallback and split digits are on."""
     config = TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "again"), vocab_size=512,
