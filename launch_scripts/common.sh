@@ -126,6 +126,27 @@ build_pretrain_args() {
                    ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
 }
 
+# LAUNCH_MODE=plan: the planner for one run (SWEEP_VALUE or SLURM_ARRAY_TASK_ID given), or for
+# every run of the sweep in turn, then one summary line per run.
+plan_sweep() {
+    local world=$1
+    if [[ -n "${SWEEP_VALUE:-}" || -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
+        (cd "$REPO_DIR" && python -m megatron_free.pretrain "${PRETRAIN_ARGS[@]}" --dry-run --world-size "$world")
+        return
+    fi
+    local task summary=() output
+    for task in "${!SWEEP[@]}"; do
+        SLURM_ARRAY_TASK_ID=$task build_pretrain_args
+        echo "=== array task $task: $RUN_NAME ==="
+        output=$(cd "$REPO_DIR" && python -m megatron_free.pretrain "${PRETRAIN_ARGS[@]}" --dry-run --world-size "$world") \
+            || { echo "$output"; die "the planner rejects $RUN_NAME (array task $task)"; }
+        echo "$output"
+        summary+=("$(printf '%-28s %s' "$RUN_NAME" "$(sed -nE 's/^  peak ([0-9.]+ GiB).*/\1,/p; s/^  total +(.*[^ ]) +[0-9.]+[KMBT]? tokens$/\1/p' <<< "$output" | paste -sd' ')")")
+    done
+    echo "=== the sweep: ${#SWEEP[@]} runs of $world GPUs each (peak memory per GPU, wall time) ==="
+    printf '%s\n' "${summary[@]}"
+}
+
 print_args() {  # LAUNCH_MODE=print: what the launcher would run
     echo "world_size $1"
     shift
@@ -158,7 +179,7 @@ slurm_launch() {
     build_pretrain_args
     case "$LAUNCH_MODE" in
         print) print_args "$world"; return ;;
-        plan) (cd "$REPO_DIR" && python -m megatron_free.pretrain "${PRETRAIN_ARGS[@]}" --dry-run --world-size "$world"); return ;;
+        plan) plan_sweep "$world"; return ;;
         run) ;;
         *) die "LAUNCH_MODE=$LAUNCH_MODE: expected run, print or plan" ;;
     esac

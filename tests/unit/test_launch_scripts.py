@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,14 +54,21 @@ def launch_cases():
             yield pytest.param(script, task, id=script.stem + ("" if task is None else f"[{task}]"))
 
 
-def printed_args(script: Path, tmp_path: Path, task=None, env=None) -> tuple[int, list[str]]:
-    """(world size, pretrain argv) that a script would launch, from LAUNCH_MODE=print."""
+def launch_env(tmp_path: Path, mode: str) -> dict:
+    """This environment without slurm's or the launch scripts' variables, in LAUNCH_MODE mode."""
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith("SLURM_") and k not in (
                  "DATA_PATH", "TOKENIZER_MODEL", "MOCK_DATA", "CONFIG", "RUN_PREFIX", "REPO_DIR",
                  "SWEEP_VALUE", "TRAIN_ITERS", "CONTAINER_IMAGE")}
-    clean.update(LAUNCH_MODE="print", DATA_ROOT=str(tmp_path / "data"),
-                 OUTPUT_ROOT=str(tmp_path / "runs"))
+    clean.update(LAUNCH_MODE=mode, DATA_ROOT=str(tmp_path / "data"), OUTPUT_ROOT=str(tmp_path / "runs"))
+    # The scripts run `python`: this interpreter's, as in an activated environment.
+    clean["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), clean.get("PATH", "")])
+    return clean
+
+
+def printed_args(script: Path, tmp_path: Path, task=None, env=None) -> tuple[int, list[str]]:
+    """(world size, pretrain argv) that a script would launch, from LAUNCH_MODE=print."""
+    clean = launch_env(tmp_path, "print")
     if task is not None:
         clean.update(SLURM_ARRAY_TASK_ID=str(task),
                      SLURM_ARRAY_TASK_MAX=str(max(array_indices(sbatch_options(script)["array"]))))
@@ -164,6 +172,28 @@ def test_resume_passes_load_once_a_checkpoint_exists(tmp_path):
     (checkpoints / "latest_checkpointed_iteration.txt").write_text("500\n")
     _, argv = printed_args(script, tmp_path, task=1)
     assert flag_value(argv, "--load") == str(checkpoints)
+
+
+def test_plan_covers_the_whole_sweep(tmp_path):
+    """LAUNCH_MODE=plan outside slurm plans every array task, then one summary line per run;
+    SWEEP_VALUE plans that run alone."""
+    script = LAUNCH_DIR / "free_8b_1t.sh"
+    result = subprocess.run(["bash", str(script)], cwd=REPO, env=launch_env(tmp_path, "plan"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "=== array task 0: free_8b_1t_baseline ===" in out
+    assert "=== array task 1: free_8b_1t_kappa0.5 ===" in out
+    assert out.count("plan: baseline decoder") == 1 and out.count("plan: Free Transformer") == 1
+    summary = dict(re.findall(r"^(free_8b_1t_\S+) +([0-9.]+) GiB, ", out, re.M))
+    assert set(summary) == {"free_8b_1t_baseline", "free_8b_1t_kappa0.5"}
+    assert float(summary["free_8b_1t_kappa0.5"]) > float(summary["free_8b_1t_baseline"])
+
+    one = subprocess.run(["bash", str(script)], cwd=REPO, env={**launch_env(tmp_path, "plan"), "SWEEP_VALUE": "0.5"},
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    assert "plan: Free Transformer" in one.stdout and "plan: baseline decoder" not in one.stdout
+    assert "=== the sweep" not in one.stdout
 
 
 def test_array_larger_than_sweep_fails(tmp_path):
