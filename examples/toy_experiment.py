@@ -420,7 +420,7 @@ Points marked (exploration) come from other runs on the same machine on 2026-11-
   and until the encoder's few free bits say something worth reading, the decoder does not read
   them: a slow start. At kappa = 1/8 the KL stayed at ~0.03 to 0.07 bits and posterior CE =
   prior CE after 2,000 iterations with learning rates 3e-3 and 6e-3 and post-sampler init scales
-  0.02 and 0.1 (exploration). The paper's models were surely trained far longer (the spec does not
+  0.02 and 0.1 (exploration). The paper's models were surely trained far longer (the paper does not
   give its toy training length).
 - Longer training (exploration: the same settings with --train-iters 8000, two models at a time,
   ~23 minutes with other jobs on the cores): at kappa = 1 the KL reaches the hinge (1.00 bit) and the paper's finding
