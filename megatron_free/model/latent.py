@@ -12,9 +12,10 @@ Data flow on the stage that holds decoder block L/2+1 (spec, steps 3-5):
 The latent lives inside decoder block L/2+1 (``LatentInjectionLayer``), so it is built on
 whichever pipeline stage holds that block and its parameters sit beside the block's own.
 
-Layout-independent sampling: codes are drawn from per-sample generators seeded by the sample's
-``latent_seed`` (derived from the run seed and the sample's global index), on the CPU, so the same
-sample gets the same codes under any TP/PP/DP layout, on CPU and GPU alike.
+Layout-independent sampling: codes are a stateless hash of the sample's ``latent_seed`` (derived from
+the run seed and the sample's global index), the token's position and the bit (model/latent_rng.py),
+computed on the logits' device without a host sync, so the same sample gets the same codes under any
+TP/PP/DP layout, on CPU and GPU alike, and in the HuggingFace export.
 """
 
 from __future__ import annotations
@@ -34,19 +35,12 @@ from megatron.core.tensor_parallel.mappings import (
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_free.config import FreeTransformerConfig
-from megatron_free.model.binary_mapper import (
-    binary_mapper_post_sampler,
-    sample_codes,
-    uniform_codes,
-)
+from megatron_free.model.binary_mapper import binary_mapper_post_sampler
+from megatron_free.model.latent_rng import posterior_codes, prior_codes
 from megatron_free.model.losses import free_bits_kl, kl_per_token
 from megatron_free.model.split_input_layer import SplitInputTransformerLayer
 
 LATENT_MODES = ("posterior", "prior", "given")
-
-# Seed offsets so posterior sampling and prior sampling of the same sample are independent.
-_POSTERIOR_STREAM, _PRIOR_STREAM = 0, 1
-
 
 @dataclass
 class LatentControl:
@@ -81,26 +75,22 @@ class _AttachAuxLoss(torch.autograd.Function):
         return grad_output, torch.full_like(aux_loss, ctx.scale), None
 
 
-def _per_sample_generators(seeds: torch.Tensor, stream: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(int(s) * 2 + stream) for s in seeds.tolist()]
+def _positions(seq_len: int, batch: int, device) -> torch.Tensor:
+    """Each token's position in its sequence, [b, s]: the latent RNG's counter."""
+    return torch.arange(seq_len, device=device).expand(batch, seq_len)
 
 
 def _draw_posterior_codes(bit_logits: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-    """bit_logits [s, b, H] -> codes [s, b], sample j drawn from its own generator on the CPU."""
-    logits_cpu = bit_logits.detach().float().cpu()
-    codes = [
-        sample_codes(logits_cpu[:, j], generator=gen)
-        for j, gen in enumerate(_per_sample_generators(seeds, _POSTERIOR_STREAM))
-    ]
-    return torch.stack(codes, dim=1).to(bit_logits.device)
+    """bit_logits [s, b, H] (the whole sequence) -> codes [s, b], on the logits' device."""
+    seq_len, batch = bit_logits.shape[:2]
+    seeds = seeds.to(bit_logits.device)
+    codes = posterior_codes(bit_logits.transpose(0, 1), seeds, _positions(seq_len, batch, bit_logits.device))
+    return codes.t()
 
 
 def _draw_prior_codes(seq_len: int, num_bits: int, seeds: torch.Tensor, device) -> torch.Tensor:
-    codes = [
-        uniform_codes((seq_len,), num_bits, generator=gen)
-        for gen in _per_sample_generators(seeds, _PRIOR_STREAM)
-    ]
-    return torch.stack(codes, dim=1).to(device)
+    seeds = seeds.to(device)
+    return prior_codes(seeds, _positions(seq_len, seeds.shape[0], device), num_bits).t()
 
 
 class FreeLatent(MegatronModule):
