@@ -50,13 +50,13 @@ import numpy as np
 
 from megatron_free.data.tokenizers import TOKENIZER_TYPES, Tokenizer, build_tokenizer
 
-INPUT_FORMATS = ("jsonl", "text-lines", "text-files")
-CHUNKSIZE = 32  # records per worker task, as Megatron-LM's pool.imap(..., 32)
+from megatron_free.data import sources
+from megatron_free.data.sources import INPUT_FORMATS, InputError  # noqa: F401 - part of this module's interface
+from megatron_free.data.tokenizers import SentencePieceTokenizer
+
+BATCH_BYTES = 1 << 20  # input bytes per worker task: a few dozen tasks in flight, not a record each
+BATCH_RECORDS = 4096
 MAX_WARNINGS = 10  # skipped lines printed before going quiet (all are counted)
-
-
-class InputError(ValueError):
-    """Bad input or configuration: reported as one line, without a traceback."""
 
 
 @dataclasses.dataclass
@@ -73,6 +73,9 @@ class PreprocessConfig:
     skip_bad_lines: bool = False
     log_interval_seconds: float = 10.0
     progress_bar: bool | None = None  # None: a progress line when the log stream is a terminal
+    shard_index: int = 0
+    num_shards: int = 1
+    fast_tokenizer: bool = True  # sentencepiece BPE through FastSentencePiece (same ids)
 
     def __post_init__(self):
         self.inputs = [os.fspath(p) for p in ([self.inputs] if isinstance(self.inputs, (str, os.PathLike)) else self.inputs)]
@@ -84,7 +87,7 @@ class PreprocessConfig:
             raise InputError(f"--input-format {self.input_format}: expected one of {', '.join(INPUT_FORMATS)}")
         if not self.json_keys or len(set(self.json_keys)) != len(self.json_keys):
             raise InputError(f"--json-keys {' '.join(self.json_keys)}: give distinct keys")
-        if self.input_format != "jsonl" and len(self.json_keys) != 1:
+        if self.input_format in ("text-lines", "text-files") and len(self.json_keys) != 1:
             raise InputError(
                 f"--json-keys {' '.join(self.json_keys)}: --input-format {self.input_format} has one text per "
                 "document; give one key (it only names the output)"
@@ -93,6 +96,10 @@ class PreprocessConfig:
             raise InputError(f"--workers {self.workers}: must be >= 1")
         if self.partitions < 1:
             raise InputError(f"--partitions {self.partitions}: must be >= 1")
+        if self.num_shards < 1:
+            raise InputError(f"--num-shards {self.num_shards}: must be >= 1")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise InputError(f"--shard-index {self.shard_index}: must be in [0, --num-shards {self.num_shards})")
         if self.tokenizer_type not in TOKENIZER_TYPES:
             raise InputError(f"--tokenizer-type {self.tokenizer_type}: expected one of {', '.join(TOKENIZER_TYPES)}")
 
@@ -128,75 +135,9 @@ class PreprocessSummary(Counts):
 
 # ----------------------------------------------------------------------------------------- inputs
 
-def resolve_inputs(patterns: list[str]) -> list[str]:
+def resolve_inputs(patterns: list[str], input_format: str = "jsonl") -> list[str]:
     """Files named by paths and globs ('**' recursive), each glob sorted, duplicates dropped."""
-    files, seen = [], set()
-    for pattern in patterns:
-        if any(c in pattern for c in "*?["):
-            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-            if not matches:
-                raise InputError(f"--input {pattern}: no file matches")
-        elif os.path.isfile(pattern):
-            matches = [pattern]
-        else:
-            raise InputError(f"--input {pattern}: no such file")
-        for path in matches:
-            if path not in seen:
-                seen.add(path)
-                files.append(path)
-    return files
-
-
-def _open_binary(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-_READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
-
-
-def _read_records(files: list[str], input_format: str, slices=None):
-    """Yield records (file_index, line, payload bytes | None, error | None), line counted from 1.
-
-    slices: (file_index, first_line, stop_line) to read, stop_line None for the rest of the file;
-    default: every file whole. A whole-file slice of a line format that holds no line yields an
-    "empty input" error.
-    Read errors (a corrupt gzip stream) yield an error record and end that file.
-    """
-    if slices is None:
-        slices = [(i, 1, None) for i in range(len(files))]
-    for file_index, first, stop in slices:
-        line = 0
-        try:
-            with _open_binary(files[file_index]) as f:
-                if input_format == "text-files":
-                    payload, line = f.read(), 1  # an empty file is an empty document, not an error
-                    yield file_index, 1, payload, None
-                else:
-                    for line, payload in enumerate(f, start=1):
-                        if line < first:
-                            continue
-                        if stop is not None and line >= stop:
-                            break
-                        yield file_index, line, payload, None
-        except _READ_ERRORS as e:
-            yield file_index, line + 1, None, f"cannot read ({type(e).__name__}: {e})"
-            continue
-        if line == 0 and first == 1 and stop is None:
-            yield file_index, 1, None, "empty input (no documents)"
-
-
-def count_records(path: str, input_format: str) -> tuple[int, str | None]:
-    """(records readable from the file, read error or None)."""
-    n = 0
-    try:
-        with _open_binary(path) as f:
-            if input_format == "text-files":
-                return 1, None
-            for n, _ in enumerate(f, start=1):
-                pass
-    except _READ_ERRORS as e:
-        return n, f"{path}:{n + 1}: cannot read ({type(e).__name__}: {e})"
-    return n, None
+    return sources.resolve_inputs(patterns, input_format)
 
 
 def iter_documents(inputs: list[str], input_format: str = "jsonl", json_key: str = "text", skip_bad_lines: bool = False):
@@ -204,53 +145,71 @@ def iter_documents(inputs: list[str], input_format: str = "jsonl", json_key: str
 
     For callers that want text rather than token ids (tokenizer training). Lists of sentences are joined by newlines.
     """
-    files = resolve_inputs(inputs)
-    for file_index, line, payload, error in _read_records(files, input_format):
+    files = resolve_inputs(inputs, input_format)
+    parts = sources.plan_parts(files, input_format, sources.shard_ranges(_total_size(files), 1), (json_key,))[0]
+    for location, payload, _, error in sources.read_parts(files, parts, input_format, (json_key,)):
         text = None
         if error is None:
-            text, error, line = _parse_record(payload, input_format, (json_key,), line)
+            text, error, location = _parse_record(payload, input_format, (json_key,), location)
         if error is not None:
             if not skip_bad_lines:
-                raise InputError(f"{files[file_index]}:{line}: {error}")
+                raise InputError(f"{sources.describe(files, location)}: {error}")
             continue
         if text is not None:
             yield "\n".join(text[0])
 
 
-def _parse_record(payload: bytes, input_format: str, json_keys, line: int):
-    """(per-key sentence lists | None for a blank text line, error | None, line of the error)."""
+def _total_size(files: list[str]) -> int:
+    return sum(os.path.getsize(f) for f in files)
+
+
+def _parse_record(payload, input_format: str, json_keys, location):
+    """(per-key sentence lists | None for a blank text line, error | None, location of the error)."""
+    if input_format in sources.COLUMN_FORMATS:
+        per_key = []
+        for key, value in zip(json_keys, payload):
+            if isinstance(value, str):
+                per_key.append([value])
+            elif isinstance(value, list) and all(isinstance(s, str) for s in value):
+                per_key.append(value)
+            elif value is None:
+                return None, f"column {key!r} is null", location
+            else:
+                return None, f"column {key!r} is not a string (got {_json_type(value)})", location
+        return per_key, None, location
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as e:
-        line += payload.count(b"\n", 0, e.start)  # text-files: point at the line inside the file
+        file_index, start, line = location  # text-files: point at the line inside the file
+        location = (file_index, start, line + payload.count(b"\n", 0, e.start))
         column = e.start - (payload.rfind(b"\n", 0, e.start) + 1) + 1
-        return None, f"invalid UTF-8 (byte 0x{payload[e.start]:02x} at column {column})", line
+        return None, f"invalid UTF-8 (byte 0x{payload[e.start]:02x} at column {column})", location
     if input_format == "text-files":
-        return [[text]], None, line
+        return [[text]], None, location
     if input_format == "text-lines":
         text = text[:-1] if text.endswith("\n") else text
         text = text[:-1] if text.endswith("\r") else text
-        return (None if not text.strip() else [[text]]), None, line
+        return (None if not text.strip() else [[text]]), None, location
     if not text.strip():
-        return None, "blank line (JSONL needs one JSON object per line)", line
+        return None, "blank line (JSONL needs one JSON object per line)", location
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        return None, f"malformed JSON ({e.msg}: column {e.colno})", line
+        return None, f"malformed JSON ({e.msg}: column {e.colno})", location
     if not isinstance(obj, dict):
-        return None, f"not a JSON object (got {_json_type(obj)})", line
+        return None, f"not a JSON object (got {_json_type(obj)})", location
     per_key = []
     for key in json_keys:
         if key not in obj:
-            return None, f"missing key {key!r}", line
+            return None, f"missing key {key!r}", location
         value = obj[key]
         if isinstance(value, str):
             per_key.append([value])
         elif isinstance(value, list) and all(isinstance(s, str) for s in value):
             per_key.append(value)  # pre-split sentences, as Megatron-LM accepts
         else:
-            return None, f"key {key!r} is not a string (got {_json_type(value)})", line
-    return per_key, None, line
+            return None, f"key {key!r} is not a string (got {_json_type(value)})", location
+    return per_key, None, location
 
 
 def _json_type(value) -> str:
@@ -258,43 +217,113 @@ def _json_type(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _batches(records):
+    """Records grouped into worker tasks of about BATCH_BYTES of input (at least one record each)."""
+    batch, size = [], 0
+    for record in records:
+        batch.append(record)
+        size += record[2]
+        if size >= BATCH_BYTES or len(batch) >= BATCH_RECORDS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 # ----------------------------------------------------------------------------------------- encoding
 
-class _Encoder:
-    """Record -> (file_index, line, nbytes, [(ids as bytes, sentence_lengths)] per key | None, error | None).
+_TOKENIZE_ERRORS = (ValueError, RuntimeError, TypeError)  # sentencepiece: RuntimeError on a lone surrogate
 
-    The per-document algorithm of Megatron-LM's Encoder.encode: tokenize each sentence, keep the
-    non-empty ones, and with append_eod add eod to the last sentence of a non-empty document.
+
+@dataclasses.dataclass
+class _BatchResult:
+    counts: "Counts"
+    errors: list  # (location, message), in input order
+    outputs: list  # per key: (ids in the output dtype, sequence lengths, sequences per document)
+
+
+class _Encoder:
+    """A batch of records -> _BatchResult, the per-document algorithm of Megatron-LM's Encoder.encode:
+    tokenize each sentence, keep the non-empty ones, and with append_eod add eod to the last sentence
+    of a non-empty document. Done per batch with numpy; the ids come from FastSentencePiece (the same
+    ids as sentencepiece) for a sentencepiece model unless fast is False.
     """
 
-    def __init__(self, tokenizer: Tokenizer, input_format: str, json_keys, append_eod: bool, dtype):
+    def __init__(self, tokenizer: Tokenizer, input_format: str, json_keys, append_eod: bool, dtype, fast: bool = True):
         self.tokenizer, self.input_format, self.json_keys = tokenizer, input_format, tuple(json_keys)
         self.append_eod, self.dtype = append_eod, dtype
+        self.fast = None
+        if fast and isinstance(tokenizer, SentencePieceTokenizer):
+            from megatron_free.data.fast_tokenizer import FastSentencePiece
 
-    def __call__(self, record):
-        file_index, line, payload, error = record
-        if error is not None:
-            return file_index, line, 0, None, error
-        per_key, error, line = _parse_record(payload, self.input_format, self.json_keys, line)
-        if error is not None or per_key is None:
-            return file_index, line, len(payload), None, error
-        docs = []
-        for sentences in per_key:
-            doc_ids, lengths = [], []
-            for sentence in sentences:
+            self.fast = FastSentencePiece(tokenizer)
+
+    @property
+    def slow_reason(self) -> str | None:
+        """Why every document goes through the tokenizer's own encode, None when the fast path is on."""
+        if self.fast is None:
+            return None
+        return self.fast.reason
+
+    def _encode_texts(self, texts: list[str]):
+        if self.fast is not None:
+            return self.fast.encode_batch(texts)
+        from megatron_free.data.fast_tokenizer import concatenate
+
+        return concatenate([self.tokenizer.tokenize(t) for t in texts])
+
+    def __call__(self, records) -> _BatchResult:
+        counts, errors, docs = Counts(), [], []
+        for location, payload, nbytes, error in records:
+            counts.input_bytes += nbytes
+            if error is None:
+                per_key, error, location = _parse_record(payload, self.input_format, self.json_keys, location)
+            if error is not None:
+                errors.append((location, error))
+            elif per_key is None:
+                counts.blank_lines += 1
+            else:
+                docs.append((location, per_key))
+        try:
+            outputs = self._assemble([per_key for _, per_key in docs], counts)
+        except _TOKENIZE_ERRORS:  # find the documents the tokenizer refuses; encode the others
+            good = []
+            for location, per_key in docs:
                 try:
-                    ids = self.tokenizer.tokenize(sentence)
-                except ValueError as e:
-                    return file_index, line, len(payload), None, f"cannot tokenize ({e})"
-                if len(ids) > 0:
-                    doc_ids.extend(ids)
-                    lengths.append(len(ids))
-            if len(doc_ids) > 0 and self.append_eod:
-                doc_ids.append(self.tokenizer.eod)
-                lengths[-1] += 1
-            # raw bytes of the output dtype: ten times cheaper to send back from a worker than a list or an ndarray
-            docs.append((np.asarray(doc_ids, dtype=self.dtype).tobytes(), lengths))
-        return file_index, line, len(payload), docs, None
+                    self._assemble([per_key], Counts())
+                    good.append(per_key)
+                except _TOKENIZE_ERRORS as e:
+                    errors.append((location, f"cannot tokenize ({e})"))
+            errors.sort(key=lambda item: (item[0][0], item[0][1] or 0, item[0][2]))
+            outputs = self._assemble(good, counts)
+        return _BatchResult(counts, errors, outputs)
+
+    def _assemble(self, docs, counts: "Counts"):
+        n = len(docs)
+        tokens_per_doc = np.zeros(n, dtype=np.int64)
+        outputs = []
+        for k in range(len(self.json_keys)):
+            sentences_per_doc = np.fromiter((len(doc[k]) for doc in docs), dtype=np.int64, count=n)
+            ids, offsets = self._encode_texts([s for doc in docs for s in doc[k]])
+            lengths = np.diff(offsets)
+            nonempty = lengths > 0
+            doc_of_sentence = np.repeat(np.arange(n), sentences_per_doc)
+            sequence_lengths = lengths[nonempty]
+            sequences_per_doc = np.bincount(doc_of_sentence[nonempty], minlength=n)
+            doc_tokens = np.diff(offsets[np.concatenate(([0], np.cumsum(sentences_per_doc)))])
+            if self.append_eod:
+                with_tokens = sequences_per_doc > 0
+                ends = offsets[np.cumsum(sentences_per_doc)][with_tokens]
+                ids = np.insert(ids, ends, self.tokenizer.eod)
+                sequence_lengths = sequence_lengths.copy()
+                sequence_lengths[np.cumsum(sequences_per_doc)[with_tokens] - 1] += 1
+                doc_tokens = doc_tokens + with_tokens
+            tokens_per_doc += doc_tokens
+            outputs.append((ids.astype(self.dtype), sequence_lengths.astype(np.int32), sequences_per_doc))
+        counts.documents += n
+        counts.tokens += int(tokens_per_doc.sum())
+        counts.empty_documents += int((tokens_per_doc == 0).sum())
+        return outputs
 
 
 _WORKER_ENCODER: _Encoder | None = None
@@ -307,8 +336,8 @@ def _init_worker(encoder: _Encoder) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates the pool
 
 
-def _encode_in_worker(record):
-    return _WORKER_ENCODER(record)
+def _encode_in_worker(batch):
+    return _WORKER_ENCODER(batch)
 
 
 def _mp_context():
@@ -317,71 +346,55 @@ def _mp_context():
     return multiprocessing.get_context("fork" if "fork" in methods else None)
 
 
-def _throttled(records, window: threading.Semaphore, stop: threading.Event):
-    """Pool.imap reads its input as fast as it can; hold it to a window of records in flight."""
-    for record in records:
+def _throttled(batches, window: threading.Semaphore, stop: threading.Event):
+    """Pool.imap reads its input as fast as it can; hold it to a window of batches in flight."""
+    for batch in batches:
         while not window.acquire(timeout=0.1):
             if stop.is_set():
                 return
         if stop.is_set():
             return
-        yield record
+        yield batch
 
 
 class _Stopped(Exception):
     pass
 
 
-def _encode_partition(files, slices, encoder: _Encoder, tmp_prefixes: dict, workers: int, sink, skip_bad_lines: bool,
+def _encode_partition(files, parts, encoder: _Encoder, tmp_prefixes: dict, workers: int, sink, skip_bad_lines: bool,
                       should_stop=lambda: False) -> Counts:
-    """Encode the records of `slices` into one .bin/.idx pair per key at tmp_prefixes[key]."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    """Encode the records of `parts` into one .bin/.idx pair per key at tmp_prefixes[key]."""
+    from megatron_free.data.indexed import IndexedDatasetWriter
 
     counts = Counts()
-    builders = {key: IndexedDatasetBuilder(prefix + ".bin", dtype=encoder.dtype) for key, prefix in tmp_prefixes.items()}
-    records = _read_records(files, encoder.input_format, slices)
+    writers = {key: IndexedDatasetWriter(prefix, encoder.dtype) for key, prefix in tmp_prefixes.items()}
+    batches = _batches(sources.read_parts(files, parts, encoder.input_format, encoder.json_keys))
     pool = window = None
     stop = threading.Event()
     if workers > 1:
         pool = _mp_context().Pool(workers, initializer=_init_worker, initargs=(encoder,))
-        window = threading.Semaphore(workers * CHUNKSIZE * 8)
-        results = pool.imap(_encode_in_worker, _throttled(records, window, stop), CHUNKSIZE)
+        window = threading.Semaphore(workers * 4)
+        results = pool.imap(_encode_in_worker, _throttled(batches, window, stop), 1)
     else:
-        results = map(encoder, records)
+        results = map(encoder, batches)
     try:
-        pending, last_report = Counts(), time.monotonic()
-        for file_index, line, nbytes, docs, error in results:
+        for result in results:
             if window is not None:
                 window.release()
-            if error is not None:
-                where = f"{files[file_index]}:{line}: {error}"
+            for location, error in result.errors:
+                where = f"{sources.describe(files, location)}: {error}"
                 if not skip_bad_lines:
                     raise InputError(where)
-                pending.skipped += 1
+                result.counts.skipped += 1
                 sink.warning(f"{where} (skipped)")
-            elif docs is None:
-                pending.blank_lines += 1
-            else:
-                pending.documents += 1
-                tokens = 0
-                for key, (ids, lengths) in zip(tmp_prefixes, docs):
-                    ids = np.frombuffer(ids, dtype=encoder.dtype)
-                    builders[key].add_document(ids, lengths)
-                    tokens += len(ids)
-                pending.tokens += tokens
-                pending.empty_documents += tokens == 0
-            pending.input_bytes += nbytes
-            now = time.monotonic()
-            if now - last_report >= 0.05:  # report a few times a second, not per document
-                counts.add(pending)
-                sink.progress(pending)
-                pending, last_report = Counts(), now
-                if should_stop():
-                    raise _Stopped()
-        counts.add(pending)
-        sink.progress(pending)
-        for key, prefix in tmp_prefixes.items():
-            builders[key].finalize(prefix + ".idx")
+            for key, (ids, lengths, sequences_per_doc) in zip(tmp_prefixes, result.outputs):
+                writers[key].add_documents(ids, lengths, sequences_per_doc)
+            counts.add(result.counts)
+            sink.progress(result.counts)
+            if should_stop():
+                raise _Stopped()
+        for writer in writers.values():
+            writer.finalize()
         if pool is not None:
             pool.close()
             pool.join()
@@ -392,27 +405,11 @@ def _encode_partition(files, slices, encoder: _Encoder, tmp_prefixes: dict, work
         if pool is not None:
             pool.terminate()
             pool.join()
-        for builder in builders.values():
-            builder.data_file.close()
+        for writer in writers.values():
+            writer.close()
 
 
 # ----------------------------------------------------------------------------------------- partitions
-
-def _partition_slices(record_counts: list[int], partitions: int):
-    """Split the records, in order, into contiguous ranges of about equal size: a list of slice lists."""
-    total = sum(record_counts)
-    size = max(1, math.ceil(total / partitions))
-    result = []
-    for start in range(0, total, size):
-        stop, slices, offset = min(start + size, total), [], 0
-        for file_index, n in enumerate(record_counts):
-            lo, hi = max(start, offset), min(stop, offset + n)
-            if lo < hi:
-                slices.append((file_index, lo - offset + 1, hi - offset + 1))
-            offset += n
-        result.append(slices)
-    return result
-
 
 class _QueueSink:
     """Progress and warnings from a partition process to the parent, batched to a few messages a second."""
@@ -435,12 +432,12 @@ class _QueueSink:
             self.queue.put(("warning", text))
 
 
-def _partition_main(index, files, slices, encoder, tmp_prefixes, workers, skip_bad_lines, queue, stop_event):
+def _partition_main(index, files, parts, encoder, tmp_prefixes, workers, skip_bad_lines, queue, stop_event):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent stops partitions through stop_event
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sink = _QueueSink(queue)
     try:
-        counts = _encode_partition(files, slices, encoder, tmp_prefixes, workers, sink, skip_bad_lines,
+        counts = _encode_partition(files, parts, encoder, tmp_prefixes, workers, sink, skip_bad_lines,
                                    should_stop=stop_event.is_set)
         sink.flush()
         queue.put(("done", index, counts))
@@ -452,13 +449,14 @@ def _partition_main(index, files, slices, encoder, tmp_prefixes, workers, skip_b
         queue.put(("crash", f"partition {index}:\n{traceback.format_exc()}"))
 
 
-def _run_partitions(files, slice_lists, encoder, part_prefixes, workers, skip_bad_lines, progress) -> Counts:
+def _run_partitions(files, part_lists, encoder, part_prefixes, workers, skip_bad_lines, progress) -> Counts:
+    """Each part list in its own process (with `workers` tokenizer workers), into part_prefixes[i]."""
     ctx = _mp_context()
     queue, stop_event = ctx.Queue(), ctx.Event()
     processes = [
         ctx.Process(target=_partition_main, daemon=False,
-                    args=(i, files, slices, encoder, part_prefixes[i], workers, skip_bad_lines, queue, stop_event))
-        for i, slices in enumerate(slice_lists)
+                    args=(i, files, parts, encoder, part_prefixes[i], workers, skip_bad_lines, queue, stop_event))
+        for i, parts in enumerate(part_lists)
     ]
     for p in processes:
         p.start()
@@ -576,63 +574,66 @@ def _commit(tmp_prefixes: dict, final_prefixes: dict) -> None:
         os.replace(tmp + ".idx", final_prefixes[key] + ".idx")
 
 
-def preprocess(config: PreprocessConfig, log=sys.stderr) -> PreprocessSummary:
-    """Tokenize config.inputs into one .bin/.idx pair per json key; log=None is silent.
+def shard_output_prefix(output_prefix: str, shard_index: int, num_shards: int) -> str:
+    """{prefix}-{i:05d}-of-{N:05d} for shard i of N > 1 (its pairs are {that}_{key}_document.bin/.idx)."""
+    return output_prefix if num_shards == 1 else f"{output_prefix}-{shard_index:05d}-of-{num_shards:05d}"
 
-    summary.seconds counts from after the tokenizer and megatron-core are loaded.
-    """
-    files = resolve_inputs(config.inputs)
+
+def preprocess(config: PreprocessConfig, log=sys.stderr) -> PreprocessSummary:
+    """Tokenize config.inputs (shard config.shard_index of config.num_shards) into one .bin/.idx pair
+    per json key; log=None is silent. summary.seconds counts from after the tokenizer is loaded."""
+    from megatron_free.data.indexed import IndexedDatasetWriter, optimal_dtype
+
+    files = resolve_inputs(config.inputs, config.input_format)
     try:
         tokenizer = build_tokenizer(config.tokenizer_type, config.tokenizer_model)
     except (ValueError, OSError, ImportError) as e:
         raise InputError(str(e)) from None
-    with warnings.catch_warnings():  # megatron.core's import warns that Transformer Engine / Apex are absent
-        warnings.simplefilter("ignore")
-        from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-    dtype = DType.optimal_dtype(tokenizer.vocab_size)
+    dtype = optimal_dtype(tokenizer.vocab_size)
     if config.append_eod and tokenizer.eod is None:
         raise InputError(f"--append-eod: tokenizer {tokenizer} has no end-of-document id")
-    encoder = _Encoder(tokenizer, config.input_format, config.json_keys, config.append_eod, dtype)
+    encoder = _Encoder(tokenizer, config.input_format, config.json_keys, config.append_eod, dtype,
+                       fast=config.fast_tokenizer)
+    if encoder.slow_reason is not None and log is not None:
+        log.write(f"[preprocess] sentencepiece encodes every document (no fast path: {encoder.slow_reason})\n")
     start = time.monotonic()
 
-    final_prefixes = {key: output_prefix_for(config.output_prefix, key) for key in config.json_keys}
-    out_dir, out_name = os.path.split(os.path.abspath(config.output_prefix))
+    prefix = shard_output_prefix(config.output_prefix, config.shard_index, config.num_shards)
+    final_prefixes = {key: output_prefix_for(prefix, key) for key in config.json_keys}
+    out_dir, out_name = os.path.split(os.path.abspath(prefix))
     os.makedirs(out_dir, exist_ok=True)
     tmp_dir = os.path.join(out_dir, f".{out_name}.tmp-{os.getpid()}")
     os.makedirs(tmp_dir, exist_ok=True)
-    total_bytes = None if any(f.endswith(".gz") for f in files) else sum(os.path.getsize(f) for f in files)
+    ranges = sources.shard_ranges(_total_size(files), config.num_shards, config.shard_index, config.partitions)
+    part_lists = sources.plan_parts(files, config.input_format, ranges, config.json_keys)
+    compressed = config.input_format in sources.COLUMN_FORMATS or any(f.endswith(".gz") for f in files)
+    total_bytes = None if compressed else min(ranges[-1][1], _total_size(files)) - ranges[0][0]
     progress = _Progress(log, config.progress_bar, config.log_interval_seconds, total_bytes)
     try:
         tmp_prefixes = {key: os.path.join(tmp_dir, key) for key in config.json_keys}
         counts = Counts()
         if config.partitions == 1:
-            counts.add(_encode_partition(files, None, encoder, tmp_prefixes, config.workers, progress,
+            counts.add(_encode_partition(files, part_lists[0], encoder, tmp_prefixes, config.workers, progress,
                                          config.skip_bad_lines))
         else:
-            record_counts = []
-            for path in files:
-                n, error = count_records(path, config.input_format)
-                error = error or (None if n else f"{path}:1: empty input (no documents)")
-                if error is not None:
-                    if not config.skip_bad_lines:
-                        raise InputError(error)
-                    counts.skipped += 1
-                    progress.warning(f"{error} (skipped)")
-                record_counts.append(n)
-            slice_lists = _partition_slices(record_counts, config.partitions)
             part_prefixes = [{key: os.path.join(tmp_dir, f"part{i}_{key}") for key in config.json_keys}
-                             for i in range(len(slice_lists))]
-            counts.add(_run_partitions(files, slice_lists, encoder, part_prefixes,
+                             for i in range(len(part_lists))]
+            counts.add(_run_partitions(files, part_lists, encoder, part_prefixes,
                                        max(1, config.workers // config.partitions), config.skip_bad_lines, progress))
-            for key, prefix in tmp_prefixes.items():  # merge as Megatron-LM does
-                builder = IndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
+            for key, tmp in tmp_prefixes.items():  # streamed, as a merge of shards
+                writer = IndexedDatasetWriter(tmp, dtype)
                 for parts in part_prefixes:
-                    builder.add_index(parts[key])
-                builder.finalize(prefix + ".idx")
-        for key, prefix in tmp_prefixes.items():  # megatron-core cannot open (mmap) an empty .bin
-            if os.path.getsize(prefix + ".bin") == 0:
+                    writer.add_dataset(parts[key])
+                writer.finalize()
+        for key, tmp in tmp_prefixes.items():  # megatron-core cannot open (mmap) an empty .bin
+            if os.path.getsize(tmp + ".bin") == 0:
                 skipped = f" ({counts.skipped:,} bad lines skipped)" if counts.skipped else ""
-                raise InputError(f"{', '.join(config.inputs)}: empty input: no tokens under key {key!r}{skipped}")
+                if config.num_shards == 1:
+                    raise InputError(f"{', '.join(config.inputs)}: empty input: no tokens under key {key!r}{skipped}")
+                if log is not None:
+                    log.write(f"[preprocess] warning: shard {config.shard_index} of {config.num_shards} has no "
+                              f"tokens under key {key!r}{skipped}: written for the merge, but leave it out of a "
+                              "--data-path blend (megatron-core cannot open an empty .bin)\n")
         _commit(tmp_prefixes, final_prefixes)
     finally:
         progress.finish()
@@ -677,6 +678,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between progress log lines when stderr is not a terminal (default: 10)")
     g.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None,
                    help="plain log lines even on a terminal")
+    g.add_argument("--shard-index", type=int, default=0,
+                   help="which shard of --num-shards to write (0-based; e.g. $SLURM_ARRAY_TASK_ID) (default: 0)")
+    g.add_argument("--num-shards", type=int, default=1,
+                   help="split the input into this many contiguous shards by byte position (row ranges in "
+                        "parquet/arrow files, whole gzip files); shard i writes {prefix}-{i:05d}-of-{N:05d}_{key}"
+                        "_document.bin/.idx, which megatron-free-merge-datasets joins into a single run's bytes "
+                        "(default: 1)")
+    g.add_argument("--no-fast-tokenizer", dest="fast_tokenizer", action="store_false", default=True,
+                   help="encode sentencepiece models with sentencepiece itself instead of gigatoken (the ids are "
+                        "the same either way)")
     return p
 
 
@@ -697,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer_model=args.tokenizer_model, input_format=args.input_format, json_keys=args.json_keys,
             append_eod=args.append_eod, workers=args.workers, partitions=args.partitions,
             skip_bad_lines=args.skip_bad_lines, log_interval_seconds=args.log_interval_seconds,
-            progress_bar=args.progress_bar,
+            progress_bar=args.progress_bar, shard_index=args.shard_index, num_shards=args.num_shards,
+            fast_tokenizer=args.fast_tokenizer,
         )
         preprocess(config)
     except InputError as e:

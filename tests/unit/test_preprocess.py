@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from megatron_free.data import preprocess as pp
+from megatron_free.data.indexed import IndexedDatasetWriter
 from megatron_free.data.preprocess import InputError, PreprocessConfig, main, preprocess
 from megatron_free.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
 from megatron_free.data.train_tokenizer import TokenizerTrainingConfig, train_tokenizer
@@ -281,17 +282,17 @@ def test_corrupt_gzip_is_a_file_line_error(tmp_path):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch, workers):
     """An exception (or Ctrl-C) mid-way through writing: no .bin/.idx and no temporary folder remain."""
-    src = write_jsonl(tmp_path / "in.jsonl", many_docs(200))
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "x" * 100_000}] * 40)  # 4 batches
     calls = {"n": 0}
-    original = IndexedDatasetBuilder.add_document
+    original = IndexedDatasetWriter.add_documents
 
-    def failing_add_document(self, *args, **kwargs):
+    def failing_add_documents(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 50:
+        if calls["n"] == 2:
             raise KeyboardInterrupt if workers == 2 else RuntimeError("disk full")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(IndexedDatasetBuilder, "add_document", failing_add_document)
+    monkeypatch.setattr(IndexedDatasetWriter, "add_documents", failing_add_documents)
     with pytest.raises(KeyboardInterrupt if workers == 2 else RuntimeError):
         run(tmp_path, [src], workers=workers)
     assert_no_output(tmp_path)
