@@ -600,12 +600,12 @@ def preprocess(config: PreprocessConfig, log=sys.stderr) -> PreprocessSummary:
 
     prefix = shard_output_prefix(config.output_prefix, config.shard_index, config.num_shards)
     final_prefixes = {key: output_prefix_for(prefix, key) for key in config.json_keys}
+    ranges = sources.shard_ranges(_total_size(files), config.num_shards, config.shard_index, config.partitions)
+    part_lists = sources.plan_parts(files, config.input_format, ranges, config.json_keys)
     out_dir, out_name = os.path.split(os.path.abspath(prefix))
     os.makedirs(out_dir, exist_ok=True)
     tmp_dir = os.path.join(out_dir, f".{out_name}.tmp-{os.getpid()}")
     os.makedirs(tmp_dir, exist_ok=True)
-    ranges = sources.shard_ranges(_total_size(files), config.num_shards, config.shard_index, config.partitions)
-    part_lists = sources.plan_parts(files, config.input_format, ranges, config.json_keys)
     compressed = config.input_format in sources.COLUMN_FORMATS or any(f.endswith(".gz") for f in files)
     total_bytes = None if compressed else min(ranges[-1][1], _total_size(files)) - ranges[0][0]
     progress = _Progress(log, config.progress_bar, config.log_interval_seconds, total_bytes)

@@ -134,6 +134,54 @@ def test_sentencepiece_bytes_identical_to_megatron_tokenizer(tmp_path):
     assert SentencePieceTokenizer(model).vocab_size == 512
 
 
+def test_fast_path_bytes_identical_to_megatron_on_real_text_and_hard_cases(tmp_path):
+    """The default (gigatoken, FastSentencePiece) path on stdlib code, Shakespeare and the hard cases (special-token
+    strings, Unicode, whitespace runs, a 1 MB line, empty documents), two keys, pre-split sentences, 2 workers:
+    bytes equal Megatron-LM's algorithm with megatron-core's sentencepiece tokenizer, and --no-fast-tokenizer's."""
+    from megatron.core.tokenizers import MegatronTokenizer
+
+    from tests.unit.test_fast_tokenizer import HARD_CASES, real_texts
+
+    model = train_tokenizer(TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "sp"),
+                                                    vocab_size=1024, input_format="text-files"), log=None)
+    texts = real_texts() + HARD_CASES
+    docs = [{"text": t, "title": HARD_CASES[i % len(HARD_CASES)]} for i, t in enumerate(texts)]
+    docs += [{"text": HARD_CASES[i:i + 3], "title": ["", "<s>"]} for i in range(0, len(HARD_CASES), 3)]
+    docs += [{"text": "", "title": ""}, {"text": [], "title": [""]}]
+    src = write_jsonl(tmp_path / "hard.jsonl", docs)
+    summary, fast = run(tmp_path, [src], name="fast", tokenizer_type="SentencePieceTokenizer", tokenizer_model=model,
+                        json_keys=("text", "title"), append_eod=True, workers=2)
+    assert summary.empty_documents > 0 and summary.documents == len(docs)
+    megatron_tokenizer = MegatronTokenizer.from_pretrained(tokenizer_path=model, metadata_path={"library": "sentencepiece"})
+    assert fast == megatron_reference(tmp_path, src, megatron_tokenizer, ("text", "title"), append_eod=True)
+    _, slow = run(tmp_path, [src], name="slow", tokenizer_type="SentencePieceTokenizer", tokenizer_model=model,
+                  json_keys=("text", "title"), append_eod=True, fast_tokenizer=False)
+    assert slow == fast
+
+
+def test_unigram_model_says_it_uses_sentencepiece(tmp_path):
+    """A unigram model: one log line saying why, and the bytes of the sentencepiece path."""
+    model = train_tokenizer(TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "uni"),
+                                                    vocab_size=512, input_format="text-files", model_type="unigram"),
+                            log=None)
+    src = write_jsonl(tmp_path / "in.jsonl", DOCS)
+    log = io.StringIO()
+    preprocess(PreprocessConfig(inputs=[str(src)], output_prefix=str(tmp_path / "uni"), append_eod=True,
+                                tokenizer_type="SentencePieceTokenizer", tokenizer_model=model), log=log)
+    notes = [line for line in log.getvalue().splitlines() if "sentencepiece encodes every document" in line]
+    assert len(notes) == 1 and "unigram" in notes[0]
+
+
+def test_lone_surrogate_is_a_file_line_error(tmp_path):
+    """A JSON "\\ud800" escape that no tokenizer can encode: one line naming the file and line."""
+    model = train_tokenizer(TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "sp"),
+                                                    vocab_size=512, input_format="text-files"), log=None)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"text": "good"}\n' * 3 + b'{"text": "x\\ud800y"}\n' + b'{"text": "good"}\n')
+    with pytest.raises(InputError, match=rf"^{src}:4: cannot tokenize"):
+        run(tmp_path, [src], tokenizer_type="SentencePieceTokenizer", tokenizer_model=model)
+
+
 def test_workers_and_partitions_give_identical_bytes(tmp_path):
     """workers=2, partitions=2 and 3 (over a glob of 3 files, across file boundaries) give the workers=1 bytes."""
     docs = many_docs(700)
