@@ -75,6 +75,7 @@ def setup(args):
     from megatron_free.parallel.wrap import build_optimizer, install_schedule_hooks, wrap_model
     from megatron_free.training.checkpointing import load_checkpoint
     from megatron_free.training.loop import TrainState
+    from megatron_free.training.run_report import print_model_and_data
 
     tokenizer = build_tokenizer_for(args)
     config = build_model_config(args)
@@ -116,6 +117,7 @@ def setup(args):
                    mock_data=args.mock_data, toy_data=args.toy_data, num_workers=args.num_workers),
         tokenizer, args.padded_vocab_size,
     )
+    print_model_and_data(args, model_chunks, train_ds, valid_ds)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     train_iter = microbatch_iterator(train_ds, state.consumed_samples, args.micro_batch_size,
@@ -130,23 +132,38 @@ def setup(args):
 
 
 def run(args) -> None:
+    """Setup, the training loop and the end-of-run report. Prints, on the last rank: the
+    arguments and the parallel layout, then (from setup) the parameter counts and the datasets,
+    the log lines, the toy main job's samples, and a summary."""
+    import time
+
     from megatron_free.training.flops import shape_from_args, training_flops_per_token
     from megatron_free.training.loop import train
-    from megatron_free.training.metrics import TrainingLogger
+    from megatron_free.training.metrics import TrainingLogger, print_rank_last
+    from megatron_free.training.run_report import format_arguments, format_layout, format_summary
 
+    print_rank_last(format_arguments(args))
+    print_rank_last(format_layout(args))
     model_chunks, optimizer, scheduler, state, train_iter, valid_iter, tokenizer = setup(args)
     flops = training_flops_per_token(shape_from_args(args))["total"] * args.global_batch_size * args.seq_length
     peak = args.peak_tflops or (989.0 if torch.cuda.is_available() else None)
     logger = TrainingLogger(args.tensorboard_dir, args.log_interval, flops,
-                            torch.distributed.get_world_size(), peak)
+                            torch.distributed.get_world_size(), peak, train_iters=args.train_iters)
+    start_iteration, start = state.iteration, time.perf_counter()
     try:
         train(args, model_chunks, optimizer, scheduler, train_iter, valid_iter, logger, state)
+        seconds = time.perf_counter() - start
+        if args.generate_samples and args.toy_data:
+            from megatron_free.data.toy_study import print_toy_samples
+
+            print_toy_samples(model_chunks, tokenizer, args, logger, state.iteration)
     finally:
         logger.close()
-    if args.generate_samples and args.toy_data:
-        from megatron_free.data.toy_study import print_toy_samples
-
-        print_toy_samples(model_chunks, tokenizer, args)
+    print_rank_last(format_summary(
+        start_iteration=start_iteration, iteration=state.iteration, train_iters=args.train_iters,
+        seconds=seconds, tokens_per_iteration=args.global_batch_size * args.seq_length,
+        skipped=state.skipped_total, validation=logger.last_validation,
+        saved=state.saved_checkpoint))
 
 
 def main(argv=None) -> int:

@@ -134,11 +134,43 @@ def sample_groups(model_chunks, tokenizer, letter: str, group_size: int, seed: i
     }
 
 
-def print_toy_samples(model_chunks, tokenizer, args) -> None:
+SAMPLE_MARKS = (
+    'ok = a well-formed toy sequence (66 characters: "<letter>>", then 64 of "_", "!" and that '
+    'letter only, every letter inside one window of 8, the target, which the noise "!" may partly '
+    'hide); bad = any other text')
+
+
+def toy_samples_report(groups: dict) -> list[str]:
+    """The lines that show ``sample_groups``'s groups: each text marked ok/bad, and per group the
+    measures of summarize_groups."""
+    lines = [f"toy samples at temperature 1 from the prompt \"K>\"; {SAMPLE_MARKS}"]
+    for name, texts in groups.items():
+        lines.append(f"--- {name} ---")
+        lines += [("ok " if parse_toy_sample(t) is not None else "bad") + f" {t}" for t in texts]
+    lines.append("measures (pairs: unordered pairs of samples of the group; a Z that carries the "
+                 "target position gives a same-position rate near 1 with shared Z and near 1/57 "
+                 "with independent Z, likewise the noise for the noise):")
+    for name, texts in groups.items():
+        m = summarize_groups([texts])
+        lines.append(
+            f"  {name + ':':<15} well-formed {m['well_formed']:.2f} of {m['samples']} | same position "
+            f"{m['position_agreement']:.2f} over {m['position_pairs']} pairs of well-formed samples | "
+            f"noise identical {m['noise_identical']:.2f}, noise Jaccard {m['noise_jaccard']:.2f} "
+            f"over {m['pairs']} pairs")
+    return lines
+
+
+def print_toy_samples(model_chunks, tokenizer, args, logger=None, step: int = 0) -> list[str]:
+    """The toy main job's end-of-run samples: --generate-samples texts with a shared Z and as many
+    with independent Z, printed with their measures and, given a TrainingLogger, written to
+    TensorBoard as the text summary "toy samples" at ``step``. Collective (generation runs on
+    every rank). Returns the printed lines."""
     latent_bits = None if args.baseline else args.latent_bits
     groups = sample_groups(model_chunks, tokenizer, "K", args.generate_samples, args.seed, latent_bits)
-    for name, texts in groups.items():
-        print_rank_last(f"--- {name} ---")
-        for text in texts:
-            mark = "ok " if parse_toy_sample(text) is not None else "bad"
-            print_rank_last(f"{mark} {text}")
+    lines = toy_samples_report(groups)
+    for line in lines:
+        print_rank_last(line)
+    if logger is not None:
+        # Indented: markdown shows the lines as they are, in a fixed-width font.
+        logger.text("toy samples", "\n".join("    " + line for line in lines), step)
+    return lines

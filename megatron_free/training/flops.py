@@ -37,17 +37,28 @@ def block_parameters(s: ModelShape) -> dict:
     return {"sharded": attention + mlp, "replicated": 2 * d}
 
 
-def latent_parameters(s: ModelShape) -> dict:
-    """The latent path (all zero for a baseline): 'sharded' (the encoder block's TP-sharded
-    weights), 'replicated' (its norms, zeta, readout norm, D->H readout) and 'post_sampler'
-    (the C x D matrix, rows sharded over TP ranks)."""
+def latent_parameter_parts(s: ModelShape) -> dict:
+    """The latent path by part (all zero for a baseline): 'encoder' (its transformer block and
+    the learned query zeta), 'readout' (RMSNorm and the D -> H linear) and 'post_sampler' (the
+    C x D matrix)."""
     if s.baseline:
-        return {"sharded": 0, "replicated": 0, "post_sampler": 0}
+        return {"encoder": 0, "readout": 0, "post_sampler": 0}
     block = block_parameters(s)
     d = s.hidden_size
-    return {"sharded": block["sharded"],
-            "replicated": block["replicated"] + d + d + d * s.latent_bits,
+    return {"encoder": block["sharded"] + block["replicated"] + d,
+            "readout": d + d * s.latent_bits,
             "post_sampler": 2**s.latent_bits * d}
+
+
+def latent_parameters(s: ModelShape) -> dict:
+    """The latent path (all zero for a baseline) by how it is held: 'sharded' (the encoder
+    block's TP-sharded weights), 'replicated' (its norms, zeta, readout norm, D->H readout) and
+    'post_sampler' (the C x D matrix, rows sharded over TP ranks)."""
+    parts = latent_parameter_parts(s)
+    sharded = 0 if s.baseline else block_parameters(s)["sharded"]
+    return {"sharded": sharded,
+            "replicated": parts["encoder"] + parts["readout"] - sharded,
+            "post_sampler": parts["post_sampler"]}
 
 
 def parameter_counts(s: ModelShape) -> dict:

@@ -22,8 +22,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_free.training.checkpointing import save_checkpoint
-from megatron_free.training.metrics import print_rank_last
+from megatron_free.training.checkpointing import checkpoint_dir, save_checkpoint
+from megatron_free.training.metrics import LOGGED_LOSSES, print_rank_last
 from megatron_free.training.step import latent_report, make_forward_step
 
 
@@ -37,6 +37,7 @@ class TrainState:
     consumed_samples: int = 0
     skipped_in_a_row: int = 0
     skipped_total: int = 0
+    saved_checkpoint: Optional[str] = None  # the directory this run saved last
 
 
 class _SigtermFlag:
@@ -185,6 +186,7 @@ def train(args, model_chunks, optimizer, scheduler, train_iterator, valid_iterat
                               or (args.save_interval and state.iteration % args.save_interval == 0)):
                 save_checkpoint(args.save, state.iteration, model_chunks, optimizer, scheduler,
                                 state.consumed_samples, args)
+                state.saved_checkpoint = str(checkpoint_dir(args.save, state.iteration))
                 print_rank_last(f"saved checkpoint at iteration {state.iteration} to {args.save}")
             if exit_reason:
                 print_rank_last(f"exiting at iteration {state.iteration}: {exit_reason}")
@@ -226,18 +228,15 @@ def _train_iteration(args, model_chunks, optimizer, scheduler, train_iterator, l
             )
     logger.iteration(
         state.iteration, state.consumed_samples, args.global_batch_size * args.seq_length,
-        {k: v for k, v in losses.items() if k in _LOGGED_LOSSES and math.isfinite(v)},
+        {k: v for k, v in losses.items() if k in LOGGED_LOSSES and math.isfinite(v)},
         optimizer.param_groups[0]["lr"], grad_norm if updated else None, None,
         args.global_batch_size, not updated, time.perf_counter() - iteration_start,
     )
     return dict(losses, **{"grad norm": grad_norm, "skipped": not updated})
 
 
-_LOGGED_LOSSES = ("lm loss", "kl", "kl loss", "kl above kappa")
-
-
 def _describe(losses: dict, grad_norm) -> str:
-    values = [f"{name} {value:.4g}" for name, value in losses.items() if name in _LOGGED_LOSSES]
+    values = [f"{name} {value:.4g}" for name, value in losses.items() if name in LOGGED_LOSSES]
     return ", ".join(values + [f"grad norm {grad_norm}"])
 
 
