@@ -20,141 +20,244 @@ class ArgumentError(ValueError):
     """A bad flag value or combination; the message names the flags."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's usage errors raise ArgumentError: main() prints them as its one error line, once
+    per job under torchrun, exit code 2."""
+
+    def error(self, message):
+        raise ArgumentError(f"{message} (see --help)")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends each flag's default to its help, unless the help already explains it; a default of
+    None (derived or unset: the help says what happens) or an off switch shows none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from megatron_free.data.tokenizers import TOKENIZER_TYPES
+
+    p = ArgumentParser(
         prog="megatron-free-pretrain",
-        description="Pretrain a Free Transformer (or its baseline) on megatron-core.",
+        usage="%(prog)s [--config YAML] [--flag value ...]   (torchrun ... -m megatron_free.pretrain ...)",
+        description="Pretrain a Free Transformer (or its baseline) on megatron-core. Flags follow "
+                    "Megatron-LM's; a --config YAML file may set any of them (keys as the flag "
+                    "without dashes) and the command line overrides it.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--config", help="YAML file of flag values; the command line overrides it")
+    p.add_argument("--config", metavar="YAML", help="YAML file of flag values; the command line overrides it")
 
     g = p.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, default=8)
-    g.add_argument("--hidden-size", type=int, default=256)
-    g.add_argument("--ffn-hidden-size", type=int, default=None, help="default: 4 x hidden size")
-    g.add_argument("--num-attention-heads", type=int, default=8)
-    g.add_argument("--group-query-attention", action="store_true")
-    g.add_argument("--num-query-groups", type=int, default=None)
-    g.add_argument("--kv-channels", type=int, default=None)
-    g.add_argument("--seq-length", type=int, default=256)
-    g.add_argument("--max-position-embeddings", type=int, default=None)
-    g.add_argument("--rotary-base", type=int, default=10000)
-    g.add_argument("--norm-epsilon", type=float, default=1e-5)
-    g.add_argument("--init-method-std", type=float, default=0.02)
-    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--num-layers", type=int, default=8, help="Number of transformer layers.")
+    g.add_argument("--hidden-size", type=int, default=256, help="Transformer hidden size.")
+    g.add_argument("--ffn-hidden-size", type=int, default=None,
+                   help="Transformer Feed-Forward Network hidden size (default: 4 x --hidden-size).")
+    g.add_argument("--num-attention-heads", type=int, default=8, help="Number of transformer attention heads.")
+    g.add_argument("--group-query-attention", action="store_true", help="Use group-query attention.")
+    g.add_argument("--num-query-groups", type=int, default=None,
+                   help="Number of key/value head groups with --group-query-attention "
+                        "(default: --num-attention-heads, i.e. multi-head attention).")
+    g.add_argument("--kv-channels", type=int, default=None,
+                   help="Projection weights dimension in multi-head attention "
+                        "(default: --hidden-size / --num-attention-heads).")
+    g.add_argument("--seq-length", type=int, default=256, help="Maximum sequence length to process.")
+    g.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="Maximum number of position embeddings to use (default: --seq-length).")
+    g.add_argument("--rotary-base", type=int, default=10000, help="Base to use for rotary positional embeddings.")
+    g.add_argument("--norm-epsilon", type=float, default=1e-5, help="Epsilon for RMS norm.")
+    g.add_argument("--init-method-std", type=float, default=0.02,
+                   help="Standard deviation of the zero mean normal distribution used for weight initialization.")
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true",
+                   help="Untie embeddings and output weights.")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                   help="Pad the vocab size to be divisible by this value (times the tensor-parallel size), "
+                        "for computational efficiency.")
     g.add_argument("--transformer-impl", choices=("local", "transformer_engine"), default=None,
-                   help="default: transformer_engine with a GPU, local otherwise")
-    g.add_argument("--recompute-granularity", choices=("full", "selective"), default=None)
-    g.add_argument("--recompute-method", choices=("uniform", "block"), default=None)
-    g.add_argument("--recompute-num-layers", type=int, default=None)
+                   help="Which Transformer implementation to use "
+                        "(default: transformer_engine with a GPU, local otherwise).")
+    g.add_argument("--recompute-granularity", choices=("full", "selective"), default=None,
+                   help="Recompute activations in the backward pass to train larger models, sequences and "
+                        "batches: full recomputes whole transformer layers (see --recompute-method), "
+                        "selective the core attention (default: no recompute).")
+    g.add_argument("--recompute-method", choices=("uniform", "block"), default=None,
+                   help="With --recompute-granularity full: uniform divides the layers into chunks of "
+                        "--recompute-num-layers and recomputes each chunk's input; block recomputes the "
+                        "first --recompute-num-layers layers of each pipeline stage.")
+    g.add_argument("--recompute-num-layers", type=int, default=None,
+                   help="uniform: layers per recomputed chunk; block: layers recomputed per pipeline stage "
+                        "(default: 1 with --recompute-granularity full).")
 
     g = p.add_argument_group("Free Transformer")
     g.add_argument("--baseline", action="store_true",
-                   help="train the plain decoder through the same code (no encoder, no latent)")
-    g.add_argument("--latent-bits", type=int, default=16, help="H: bits of Z per token")
-    g.add_argument("--free-bits", type=float, default=0.5, help="kappa, in bits per token")
+                   help="Train the plain decoder through the same code (no encoder, no latent).")
+    g.add_argument("--latent-bits", type=int, default=16,
+                   help="H: bits of the latent Z per token, which takes 2^H values (1 to 24).")
+    g.add_argument("--free-bits", type=float, default=0.5,
+                   help="kappa: KL budget per token, in bits, below which the KL term is not penalized.")
     g.add_argument("--injection-layer", type=int, default=None,
-                   help="1-based decoder block that receives Z (default L/2+1)")
-    g.add_argument("--mapper-chunk-size", type=int, default=4096)
+                   help="1-based decoder block that receives Z (default: --num-layers / 2 + 1).")
+    g.add_argument("--mapper-chunk-size", type=int, default=4096,
+                   help="Codes per chunk in the binary mapper's post-sampler: memory against speed, "
+                        "same results.")
 
     g = p.add_argument_group("precision")
-    g.add_argument("--bf16", action="store_true")
-    g.add_argument("--fp16", action="store_true")
-    g.add_argument("--fp8-format", choices=("hybrid", "e4m3"), default=None)
-    g.add_argument("--fp8-recipe", choices=("delayed", "tensorwise", "mxfp8", "blockwise"),
-                   default="delayed")
-    g.add_argument("--fp8-amax-history-len", type=int, default=1024)
-    g.add_argument("--fp8-amax-compute-algo", choices=("max", "most_recent"), default="max")
-    g.add_argument("--fp8-margin", type=int, default=0)
+    g.add_argument("--bf16", action="store_true", help="Run model in bfloat16 mode (default: float32).")
+    g.add_argument("--fp16", action="store_true", help="Run model in fp16 mode.")
+    g.add_argument("--fp8-format", choices=("hybrid", "e4m3"), default=None,
+                   help="Which fp8 format scheme to use for FP8 tensors in the forward and backward pass: "
+                        "e4m3 everywhere, or hybrid (e4m3 forward, e5m2 backward); needs --bf16 and "
+                        "Transformer Engine (default: no FP8).")
+    g.add_argument("--fp8-recipe", choices=("delayed", "tensorwise", "mxfp8", "blockwise"), default="delayed",
+                   help="Which fp8 recipe to use for FP8 tensors in the forward and backward pass.")
+    g.add_argument("--fp8-amax-history-len", type=int, default=1024,
+                   help="Number of steps for which amax history is recorded per tensor (delayed recipe).")
+    g.add_argument("--fp8-amax-compute-algo", choices=("max", "most_recent"), default="max",
+                   help="Algorithm for computing amax from history (delayed recipe).")
+    g.add_argument("--fp8-margin", type=int, default=0, help="Scaling margin for fp8.")
 
     g = p.add_argument_group("parallelism")
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    g.add_argument("--decoder-first-pipeline-num-layers", type=int, default=None)
-    g.add_argument("--decoder-last-pipeline-num-layers", type=int, default=None)
-    g.add_argument("--context-parallel-size", type=int, default=1)
-    g.add_argument("--sequence-parallel", action="store_true")
-    g.add_argument("--use-distributed-optimizer", action="store_true")
-    g.add_argument("--overlap-grad-reduce", action="store_true")
-    g.add_argument("--overlap-param-gather", action="store_true")
-    g.add_argument("--distributed-timeout-minutes", type=int, default=10)
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="Degree of tensor model parallelism.")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1,
+                   help="Degree of pipeline model parallelism.")
+    g.add_argument("--decoder-first-pipeline-num-layers", type=int, default=None,
+                   help="The number of transformer layers on the first pipeline stage "
+                        "(default: an even split across the stages).")
+    g.add_argument("--decoder-last-pipeline-num-layers", type=int, default=None,
+                   help="The number of transformer layers on the last pipeline stage "
+                        "(default: an even split across the stages).")
+    g.add_argument("--context-parallel-size", type=int, default=1, help="Degree of context parallelism.")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="Enable sequence parallel optimization (needs --tensor-model-parallel-size > 1).")
+    g.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="Use distributed optimizer (optimizer state sharded over data-parallel ranks).")
+    g.add_argument("--overlap-grad-reduce", action="store_true", help="If set, overlap DDP grad reduce.")
+    g.add_argument("--overlap-param-gather", action="store_true",
+                   help="If set, overlap param all-gather in distributed optimizer.")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10, help="Timeout minutes for torch.distributed.")
 
     g = p.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=4)
+    g.add_argument("--micro-batch-size", type=int, default=4,
+                   help="Batch size per model instance (local batch size). Global batch size is local batch "
+                        "size times data parallel size times number of micro batches.")
     g.add_argument("--global-batch-size", type=int, default=None,
-                   help="default: micro batch x data-parallel size")
-    g.add_argument("--train-iters", type=int, default=None)
-    g.add_argument("--train-samples", type=int, default=None)
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--min-lr", type=float, default=0.0)
+                   help="Training batch size, a multiple of --micro-batch-size times the data-parallel size "
+                        "(default: --micro-batch-size x data-parallel size, one micro batch per iteration).")
+    g.add_argument("--train-iters", type=int, default=None,
+                   help="Total number of iterations to train over all training runs; give this or --train-samples.")
+    g.add_argument("--train-samples", type=int, default=None,
+                   help="Total number of samples to train over all training runs; give this or --train-iters.")
+    g.add_argument("--seed", type=int, default=1234,
+                   help="Random seed used for python, numpy, pytorch, the data order and the latents.")
+    g.add_argument("--lr", type=float, default=3e-4,
+                   help="Initial learning rate. Depending on decay style and initial warmup, the learning "
+                        "rate at each iteration would be different.")
+    g.add_argument("--min-lr", type=float, default=0.0,
+                   help="Minimum value for learning rate. The scheduler clips values below this threshold.")
     g.add_argument("--lr-decay-style", choices=("constant", "linear", "cosine", "inverse-square-root", "WSD"),
-                   default="cosine")
-    g.add_argument("--lr-warmup-iters", type=int, default=0)
-    g.add_argument("--lr-warmup-fraction", type=float, default=None)
-    g.add_argument("--lr-decay-iters", type=int, default=None)
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.95)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--clip-grad", type=float, default=1.0)
+                   default="cosine", help="Learning rate decay function.")
+    g.add_argument("--lr-warmup-iters", type=int, default=0,
+                   help="Number of iterations to linearly warmup learning rate over.")
+    g.add_argument("--lr-warmup-fraction", type=float, default=None,
+                   help="Fraction of --lr-decay-iters to use for warmup, instead of --lr-warmup-iters.")
+    g.add_argument("--lr-decay-iters", type=int, default=None,
+                   help="Number of iterations to decay learning rate over (default: --train-iters).")
+    g.add_argument("--weight-decay", type=float, default=0.1,
+                   help="Weight decay coefficient for L2 regularization.")
+    g.add_argument("--adam-beta1", type=float, default=0.9,
+                   help="First coefficient for computing running averages of gradient and its square.")
+    g.add_argument("--adam-beta2", type=float, default=0.95,
+                   help="Second coefficient for computing running averages of gradient and its square.")
+    g.add_argument("--adam-eps", type=float, default=1e-8,
+                   help="Term added to the denominator to improve numerical stability.")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="Gradient clipping based on global L2 norm.")
     g.add_argument("--max-skipped-iterations", type=int, default=10,
-                   help="stop after this many iterations in a row with a non-finite loss or grad norm")
+                   help="Stop (exit code 3) after this many iterations in a row with a non-finite loss or "
+                        "grad norm; each such iteration skips its update.")
 
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="*", default=None,
-                   help="prefixes of indexed datasets, optionally weighted: 0.7 A 0.3 B")
-    g.add_argument("--split", default="969,30,1")
-    g.add_argument("--data-cache-path", default=None)
-    g.add_argument("--mock-data", action="store_true")
-    g.add_argument("--toy-data", action="store_true", help="the paper's toy task, made on the fly")
-    g.add_argument("--tokenizer-type", default=None)
-    g.add_argument("--tokenizer-model", default=None)
-    g.add_argument("--vocab-size", type=int, default=None, help="for --mock-data")
-    g.add_argument("--num-workers", type=int, default=0)
+                   help="Prefixes of indexed datasets (megatron-free-preprocess's outputs), optionally "
+                        "weighted: 0.7 A 0.3 B; split according to --split.")
+    g.add_argument("--split", default="969,30,1",
+                   help="Comma-separated list of proportions for training, validation, and test split.")
+    g.add_argument("--data-cache-path", default=None,
+                   help="Path to a directory to hold cached index files (default: a cache folder next to "
+                        "the data).")
+    g.add_argument("--mock-data", action="store_true",
+                   help="Train on random tokens instead of a dataset (needs --vocab-size or --tokenizer-type).")
+    g.add_argument("--toy-data", action="store_true",
+                   help="Train on the paper's toy task, made on the fly (tokenizer: CharacterTokenizer unless "
+                        "--tokenizer-type).")
+    g.add_argument("--tokenizer-type", default=None, choices=list(TOKENIZER_TYPES), metavar="NAME",
+                   help=f"What type of tokenizer to use: {', '.join(TOKENIZER_TYPES)} (needed with --data-path).")
+    g.add_argument("--tokenizer-model", default=None,
+                   help="Sentencepiece tokenizer model, or a local HuggingFace tokenizer folder.")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="Size of vocab before padding, for --mock-data without a tokenizer.")
+    g.add_argument("--num-workers", type=int, default=0, help="Dataloader number of workers.")
 
     g = p.add_argument_group("checkpointing")
-    g.add_argument("--save", default=None)
-    g.add_argument("--load", default=None)
-    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--save", default=None, help="Output directory to save checkpoints to (default: no saving).")
+    g.add_argument("--load", default=None,
+                   help="Directory containing a model checkpoint: a --save directory (its latest "
+                        "checkpoint) or one iter_ directory.")
+    g.add_argument("--save-interval", type=int, default=None,
+                   help="Number of iterations between persistent checkpoint saves "
+                        "(default: save only at the end of training).")
     g.add_argument("--keep-last-checkpoints", type=int, default=None, metavar="N",
-                   help="after each save, delete all but the N newest checkpoints under --save "
-                        "(default: keep every one, as Megatron-LM)")
-    g.add_argument("--no-save-optim", action="store_true")
-    g.add_argument("--no-save-rng", action="store_true")
-    g.add_argument("--no-load-optim", action="store_true")
-    g.add_argument("--no-load-rng", action="store_true")
+                   help="After each save, delete all but the N newest checkpoints under --save "
+                        "(default: keep every one, as Megatron-LM).")
+    g.add_argument("--no-save-optim", action="store_true", help="Do not save current optimizer.")
+    g.add_argument("--no-save-rng", action="store_true", help="Do not save current rng state.")
+    g.add_argument("--no-load-optim", action="store_true", help="Do not load optimizer when loading checkpoint.")
+    g.add_argument("--no-load-rng", action="store_true", help="Do not load rng state when loading checkpoint.")
     g.add_argument("--finetune", action="store_true",
-                   help="load weights only; reset iteration, optimizer and scheduler")
+                   help="Load model for finetuning: weights only; iteration, optimizer and scheduler start afresh.")
     g.add_argument("--init-from-baseline", default=None,
-                   help="initialize the Free Transformer's decoder from a baseline checkpoint dir")
-    g.add_argument("--ckpt-format", choices=("torch_dist",), default="torch_dist")
+                   help="Initialize the Free Transformer's decoder from a baseline checkpoint directory.")
+    g.add_argument("--ckpt-format", choices=("torch_dist",), default="torch_dist",
+                   help="Checkpoint format to use: megatron-core's distributed checkpointing format.")
     g.add_argument("--override-opt_param-scheduler", action="store_true",
-                   help="on --load, keep this run's LR schedule instead of the checkpoint's")
+                   help="On --load, take the learning-rate schedule from this run's flags and ignore the "
+                        "checkpoint's.")
     g.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true",
-                   help="on --load, take the LR schedule from the checkpoint")
+                   help="On --load, take the learning-rate schedule from the checkpoint and ignore this "
+                        "run's flags.")
     g.add_argument("--exit-signal-handler", action="store_true",
-                   help="on SIGTERM finish the iteration, save, exit 0")
-    g.add_argument("--exit-interval", type=int, default=None)
-    g.add_argument("--exit-duration-in-mins", type=float, default=None)
+                   help="On SIGTERM, finish the iteration, save the checkpoint and exit 0.")
+    g.add_argument("--exit-interval", type=int, default=None,
+                   help="Exit the program after the iteration is divisible by this value.")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="Exit the program after this many minutes.")
 
     g = p.add_argument_group("logging and evaluation")
-    g.add_argument("--log-interval", type=int, default=10)
-    g.add_argument("--eval-interval", type=int, default=None)
-    g.add_argument("--eval-iters", type=int, default=10)
-    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--log-interval", type=int, default=10, help="Report loss and timing interval.")
+    g.add_argument("--eval-interval", type=int, default=None,
+                   help="Interval between running evaluation on validation set (default: no evaluation).")
+    g.add_argument("--eval-iters", type=int, default=10,
+                   help="Number of iterations to run for evaluation on the validation set.")
+    g.add_argument("--tensorboard-dir", default=None,
+                   help="Write TensorBoard logs to this directory (default: none written).")
     g.add_argument("--peak-tflops", type=float, default=None,
-                   help="peak dense TFLOP/s per device for MFU (default: 989, H100 bf16, on GPU)")
+                   help="Peak dense TFLOP/s per device for the MFU in the logs "
+                        "(default: 989, H100 bf16, on a GPU; no MFU on CPU).")
     g.add_argument("--assumed-mfu", type=float, default=0.4,
-                   help="with --dry-run: model FLOPs utilization assumed for the wall-time estimate")
+                   help="With --dry-run: model FLOPs utilization assumed for the wall-time estimate.")
     g.add_argument("--gpu-memory-gb", type=float, default=80.0,
-                   help="with --dry-run: GPU memory (GiB); a plan estimated above it is an error")
+                   help="With --dry-run: GPU memory (GiB); a plan estimated above it is an error.")
     g.add_argument("--generate-samples", type=int, default=0,
-                   help="at the end, print this many samples for a shared and for independent Z")
+                   help="With --toy-data, at the end: print this many samples for a shared and for "
+                        "independent Z (0: none).")
     g.add_argument("--dry-run", action="store_true",
-                   help="validate the configuration, print the plan (sizes, memory, time), exit")
+                   help="Validate the configuration, print the plan (sizes, memory, time) and exit.")
     g.add_argument("--world-size", type=int, default=None,
-                   help="with --dry-run: the world size to plan for (default: the launched one)")
+                   help="With --dry-run: the world size to plan for (default: the launched one).")
     return p
 
 

@@ -3,7 +3,10 @@
     torchrun --nproc-per-node 8 -m megatron_free.pretrain --config run.yaml [--flag value ...]
     python -m megatron_free.pretrain --config examples/toy_free_transformer.yaml   # one process
 
-Flags follow Megatron-LM (see megatron_free/arguments.py); --help lists them.
+Flags follow Megatron-LM (see megatron_free/arguments.py); --help lists them. The flags are parsed
+before torch and megatron-core are imported, so --help and flag errors answer at once.
+Exit codes (megatron_free/errors.py): 0 done, 2 a usage, configuration, input or checkpoint error,
+3 stopped on non-finite losses; under torchrun these are the workers' codes and torchrun exits 1.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
-
 from megatron_free.arguments import ArgumentError, parse_args
+from megatron_free.errors import EXIT_NON_FINITE, EXIT_USAGE, report_error
 
 
 def build_model_config(args):
+    import torch
+
     from megatron_free.config import FreeTransformerConfig, llama_style_kwargs
 
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
@@ -73,7 +77,7 @@ def setup(args):
     from megatron_free.model.model import FreeTransformerModel
     from megatron_free.parallel.distributed import ParallelConfig, initialize_distributed
     from megatron_free.parallel.wrap import build_optimizer, install_schedule_hooks, wrap_model
-    from megatron_free.training.checkpointing import load_checkpoint
+    from megatron_free.training.checkpointing import claim_save_dir, load_checkpoint
     from megatron_free.training.loop import TrainState
     from megatron_free.training.run_report import print_model_and_data
 
@@ -101,6 +105,8 @@ def setup(args):
     install_schedule_hooks(model_chunks, optimizer, args.overlap_grad_reduce, args.overlap_param_gather)
 
     state = TrainState()
+    if args.save:  # one run at a time, never over checkpoints it does not resume from
+        claim_save_dir(args.save, args.load, args.finetune)
     if args.load:
         state.iteration, state.consumed_samples = load_checkpoint(
             args.load, model_chunks, optimizer, scheduler, args)
@@ -137,6 +143,8 @@ def run(args) -> None:
     the log lines, the toy main job's samples, and a summary."""
     import time
 
+    import torch
+
     from megatron_free.training.flops import shape_from_args, training_flops_per_token
     from megatron_free.training.loop import train
     from megatron_free.training.metrics import TrainingLogger, print_rank_last
@@ -145,6 +153,10 @@ def run(args) -> None:
     print_rank_last(format_arguments(args))
     print_rank_last(format_layout(args))
     model_chunks, optimizer, scheduler, state, train_iter, valid_iter, tokenizer = setup(args)
+    if state.iteration >= args.train_iters:  # a finished run launched again: nothing to overwrite
+        print_rank_last(f"nothing to train: --load {args.load} is already at iteration "
+                        f"{state.iteration}, --train-iters {args.train_iters}")
+        return
     flops = training_flops_per_token(shape_from_args(args))["total"] * args.global_batch_size * args.seq_length
     peak = args.peak_tflops or (989.0 if torch.cuda.is_available() else None)
     logger = TrainingLogger(args.tensorboard_dir, args.log_interval, flops,
@@ -167,13 +179,19 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
+    try:
+        args = parse_args(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    except ArgumentError as e:
+        return report_error(e, EXIT_USAGE)
+
+    import torch
+
     from megatron_free.config import ConfigError
     from megatron_free.parallel.distributed import destroy_distributed
     from megatron_free.training.checkpointing import CheckpointError
     from megatron_free.training.loop import NonFiniteError
 
     try:
-        args = parse_args(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")))
         if args.dry_run:
             from megatron_free.planner import print_plan
 
@@ -181,11 +199,9 @@ def main(argv=None) -> int:
             return 0
         run(args)
     except (ArgumentError, ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e, EXIT_USAGE)
     except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        return report_error(e, EXIT_NON_FINITE)
     finally:
         if torch.distributed.is_initialized():
             destroy_distributed()
