@@ -11,7 +11,8 @@ Parts:
                   with the analytic FLOP ratio (benchmarks/training_step.py)
   mapper      (b) chunked binary mapper vs the dense T x C reference (benchmarks/binary_mapper.py);
                   target: >= 10x less peak memory and no slower
-  preprocess  (c) preprocessing throughput on the Python standard library (benchmarks/preprocess.py)
+  preprocess  (c) preprocessing throughput on the Python standard library, beside Megatron-LM's
+                  tools/preprocess_data.py with --megatron-lm DIR (benchmarks/preprocess.py)
   gpu         (d) tokens/s and MFU of the 1.5B shape, bf16 and FP8, Free vs baseline; only with CUDA and
                   megatron-core (skipped with the reason otherwise)
 
@@ -155,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preprocess-tokenizer", choices=("sentencepiece", "byte"), default=None,
                    help="default sentencepiece; quick byte")
     g.add_argument("--preprocess-repeats", type=int, default=None, help="runs per worker count (default 3; quick 1)")
+    g.add_argument("--megatron-lm", default=None,
+                   help="a Megatron-LM checkout: its tools/preprocess_data.py runs beside ours (skipped without)")
+    g.add_argument("--megatron-lm-pythonpath", default=None,
+                   help="folders added to PYTHONPATH for Megatron-LM's process only (its six, triton)")
+    g.add_argument("--preprocess-site-packages", action="store_true",
+                   help="add this interpreter's site-packages .py files to the stdlib corpus")
     g = p.add_argument_group("gpu (d)")
     g.add_argument("--gpu-layers", type=int, default=None,
                    help="layers of the 1.5B shape (default 28, all of them; quick 2)")
@@ -222,7 +229,10 @@ def main(argv=None) -> int:
         print(f"\n(c) preprocessing the stdlib .py files{subset}, {tokenizer} tokenizer, median of {repeats}",
               flush=True)
         with _stdlib_subset(QUICK_PREPROCESS_FILES) if q else nullcontext():
-            results["preprocess"] = preprocess.run(tuple(args.preprocess_workers), tokenizer, repeats=repeats)
+            results["preprocess"] = preprocess.run(tuple(args.preprocess_workers), tokenizer, repeats=repeats,
+                                                   megatron_lm=args.megatron_lm,
+                                                   megatron_lm_pythonpath=args.megatron_lm_pythonpath,
+                                                   site_packages=args.preprocess_site_packages)
         preprocess.print_table(results["preprocess"])
         meta["load_average_after_preprocess"] = load_average()
 

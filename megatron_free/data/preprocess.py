@@ -1,39 +1,52 @@
-"""Preprocess text corpora into Megatron indexed datasets: {output_prefix}_{key}_document.bin / .idx.
+"""Preprocess corpora into Megatron indexed datasets: {output_prefix}_{key}_document.bin / .idx.
 
 Run:
     megatron-free-preprocess --input 'corpus/*.jsonl.gz' --output-prefix data/corpus \
         --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model --append-eod --workers 8
+    megatron-free-preprocess --input 'fineweb/*.parquet' --input-format parquet --output-prefix data/web \
+        --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model --append-eod --workers 8 \
+        --shard-index $SLURM_ARRAY_TASK_ID --num-shards 64      (then megatron-free-merge-datasets)
     python tools/preprocess_data.py ...            (same flags)
     python tools/preprocess_data.py --input data/tinyshakespeare.txt --input-format text-files \
         --output-prefix /tmp/shakespeare --tokenizer-type ByteTokenizer --append-eod
 
 Inputs: JSONL (one JSON object per line, text under each of --json-keys; a list of strings counts as
-pre-split sentences, as in Megatron-LM), or plain text with one document per line (text-lines; blank
-lines are not documents) or per file (text-files; an empty file is an empty document). Several files
-or globs ('**' recursive), gzip (.gz).
+pre-split sentences, as in Megatron-LM), plain text with one document per line (text-lines; blank
+lines are not documents) or per file (text-files; an empty file is an empty document), parquet (the
+--json-keys columns, row group by row group) or arrow (a HuggingFace `datasets` save_to_disk folder
+or its .arrow files). Several files or globs ('**' recursive), gzip (.gz). See sources.py.
 
-Output: written with megatron-core's IndexedDatasetBuilder, token dtype DType.optimal_dtype(vocab_size)
-and add_document(ids, sentence_lengths) per document, exactly as Megatron-LM's tools/preprocess_data.py
-(without --split-sentences) does, so the bytes are identical for the same input and tokenizer.
-As in Megatron-LM, a document whose text has no tokens is kept as a document of zero sequences and
-gets no eod. Order is the input order for any --workers and --partitions (contiguous partitions, unlike
-Megatron-LM's round-robin), so the output bytes do not depend on them.
+Tokens: a sentencepiece BPE model is encoded with gigatoken through FastSentencePiece, which gives
+exactly sentencepiece's ids (fast_tokenizer.py; where it cannot, sentencepiece encodes, and the log
+says why in one line); --no-fast-tokenizer uses sentencepiece throughout. Workers encode batches of
+about a megabyte of input each.
 
-Bad input (malformed JSON, a missing key, a value that is not text, invalid UTF-8, an unreadable gzip
-stream, an empty JSONL or text-lines file, no token at all) stops the run with one line
-`path:line: what` and no output; --skip-bad-lines skips such lines and counts them. Everything is
-written inside a hidden temporary folder next to the output and moved into place only when complete,
-the .bin before its .idx: an interrupted run never leaves a .bin/.idx pair that looks valid.
+Output: the bytes of Megatron-LM's tools/preprocess_data.py (without --split-sentences): token
+dtype optimal_dtype(vocab_size), one add_document(ids, sentence_lengths) per document, written by
+indexed.py's streaming writer (megatron-core's IndexedDatasetBuilder's bytes, without importing
+torch). As in Megatron-LM, a document whose text has no tokens is kept as a document of zero
+sequences and gets no eod. Order is the input order for any --workers, --partitions and
+--num-shards, so the bytes do not depend on them: N shards merged equal one run.
+
+Shards: --shard-index i --num-shards N takes a contiguous part of the input by byte position (rows
+in parquet/arrow files, whole gzip files; sources.py) and writes {prefix}-{i:05d}-of-{N:05d}_{key}
+_document.bin/.idx; each shard is a Megatron dataset as it is (a --data-path blend takes them), and
+megatron-free-merge-datasets joins them, streaming, into a single run's bytes. A shard's output is
+committed atomically, so a crashed shard is rerun alone.
+
+Bad input (malformed JSON, a missing key or column, a value that is not text, invalid UTF-8, text no
+tokenizer can encode, an unreadable gzip stream or parquet file, an empty JSONL or text-lines file,
+no token at all) stops the run with one line `path:line: what` (`path: row N: what` for parquet and
+arrow) and no output; --skip-bad-lines skips such lines and counts them. Everything is written inside
+a hidden temporary folder next to the output and moved into place only when complete, the .bin
+before its .idx: an interrupted run never leaves a .bin/.idx pair that looks valid.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
-import gzip
 import json
-import math
 import multiprocessing
 import os
 import queue as queue_module
@@ -43,16 +56,12 @@ import sys
 import threading
 import time
 import traceback
-import warnings
-import zlib
 
 import numpy as np
 
-from megatron_free.data.tokenizers import TOKENIZER_TYPES, Tokenizer, build_tokenizer
-
 from megatron_free.data import sources
 from megatron_free.data.sources import INPUT_FORMATS, InputError  # noqa: F401 - part of this module's interface
-from megatron_free.data.tokenizers import SentencePieceTokenizer
+from megatron_free.data.tokenizers import TOKENIZER_TYPES, SentencePieceTokenizer, Tokenizer, build_tokenizer
 
 BATCH_BYTES = 1 << 20  # input bytes per worker task: a few dozen tasks in flight, not a record each
 BATCH_RECORDS = 4096
@@ -663,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bad-lines", action="store_true",
                    help="skip and count malformed lines instead of stopping with an error")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True, choices=list(TOKENIZER_TYPES))
+    g.add_argument("--tokenizer-type", required=True, choices=list(TOKENIZER_TYPES),
+                   help="tokenizer to encode with, as pretrain's --tokenizer-type")
     g.add_argument("--tokenizer-model", default=None,
                    help="sentencepiece .model file, or a local HuggingFace tokenizer folder")
     g.add_argument("--append-eod", action="store_true", help="append the end-of-document id to every non-empty document")
