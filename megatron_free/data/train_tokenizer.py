@@ -142,15 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-key", default=d.json_key, help="JSON key holding the text (default: text)")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed lines instead of stopping")
     p.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
-    p.add_argument("--vocab-size", type=int, required=True)
-    p.add_argument("--model-type", choices=("bpe", "unigram"), default=d.model_type)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--character-coverage", type=float, default=d.character_coverage)
+    p.add_argument("--vocab-size", type=int, required=True,
+                   help="pieces in the vocabulary, the 256 byte pieces and unk/bos/eos included (>= 260)")
+    p.add_argument("--model-type", choices=("bpe", "unigram"), default=d.model_type,
+                   help="sentencepiece's algorithm (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the line sample and of sentencepiece's randomness (default: %(default)s)")
+    p.add_argument("--character-coverage", type=float, default=d.character_coverage,
+                   help="share of the characters covered by pieces of their own; the rarest others go "
+                        "through byte fallback (default: %(default)s)")
     p.add_argument("--input-sentence-size", type=int, default=d.input_sentence_size,
                    help="lines sampled (seeded) when the corpus has more; 0: all (default: %(default)s)")
     p.add_argument("--max-sentence-length", type=int, default=d.max_sentence_length,
                    help="longest line used, in bytes (default: %(default)s)")
-    p.add_argument("--num-threads", type=int, default=d.num_threads, help="(default: %(default)s)")
+    p.add_argument("--num-threads", type=int, default=d.num_threads, help="sentencepiece's trainer threads (default: %(default)s)")
     return p
 
 
