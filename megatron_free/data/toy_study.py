@@ -149,7 +149,8 @@ def toy_samples_report(groups: dict) -> list[str]:
         lines += [("ok " if parse_toy_sample(t) is not None else "bad") + f" {t}" for t in texts]
     lines.append("measures (pairs: unordered pairs of samples of the group; a Z that carries the "
                  "target position gives a same-position rate near 1 with shared Z and near 1/57 "
-                 "with independent Z, likewise the noise for the noise):")
+                 "with independent Z, a Z that carries the noise does the same for the noise "
+                 "measures):")
     for name, texts in groups.items():
         m = summarize_groups([texts])
         lines.append(

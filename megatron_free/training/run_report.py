@@ -64,7 +64,8 @@ def parameter_report(args, model_chunks) -> str:
     shape = shape_from_args(args)
     counts = parameter_counts(shape)
     total = counts["total"]
-    tied = "tied embeddings counted once" if shape.tied_embeddings else "untied embeddings"
+    tied = ("tied embeddings counted once" if shape.tied_embeddings
+            else "untied input and output embeddings")
     lines = [f"parameters: {total:,} in all ({tied})"]
     if not args.baseline:
         parts = latent_parameter_parts(shape)
@@ -95,7 +96,7 @@ def _stage_parameter_counts(model_chunks) -> list[tuple[int, int]]:
     from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
     params = [p for chunk in model_chunks for p in chunk.parameters()]
-    device = params[0].device if params else "cpu"
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"  # NCCL or gloo
     distinct = torch.tensor([sum(p.numel() for p in params if param_is_not_tensor_parallel_duplicate(p))],
                             dtype=torch.int64, device=device)
     dist.all_reduce(distinct, group=parallel_state.get_tensor_model_parallel_group())

@@ -121,3 +121,43 @@ def test_latent_parts_add_up_to_the_planners_latent():
     assert sum(parts.values()) == sum(latent_parameters(shape).values())
     baseline = ModelShape(4, 32, 64, 4, 2, 64, 66, True, True, 6)
     assert set(latent_parameter_parts(baseline).values()) == {0}
+
+
+def _write_indexed(prefix, documents):
+    """An indexed dataset of megatron-core's format: one sequence per document."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(f"{prefix}.bin")
+    for document in documents:
+        builder.add_item(torch.tensor(document))
+        builder.end_document()
+    builder.finalize(f"{prefix}.idx")
+
+
+def test_dataset_lines(tmp_path):
+    """Toy and mock data say so; indexed data lists the blend's prefixes with their weights,
+    documents and tokens."""
+    from megatron_free.training.run_report import dataset_report
+
+    def args(**kw):
+        base = dict(toy_data=False, mock_data=False, data_path=None, split="969,30,1",
+                    seq_length=66, eval_interval=2)
+        return argparse.Namespace(**{**base, **kw})
+
+    train, valid = range(16), range(12)
+    assert dataset_report(args(toy_data=True), train, valid) == (
+        "datasets: toy data (--toy-data): the paper's toy task, generated on the fly (no files); "
+        "train 16 samples, valid 12 samples, 66 tokens each")
+    assert dataset_report(args(mock_data=True, eval_interval=None), train, valid).endswith(
+        "synthetic documents (no files); train 16 samples, no validation, 66 tokens each")
+    _write_indexed(tmp_path / "a", [[1, 2, 3], [4, 5]])
+    _write_indexed(tmp_path / "b", [[7] * 10])
+    lines = dataset_report(args(data_path=["0.3", str(tmp_path / "a"), "0.7", str(tmp_path / "b")]),
+                           train, valid).splitlines()
+    assert lines == [
+        "datasets: --data-path, 2 indexed dataset(s), --split 969,30,1; train 16 samples, "
+        "valid 12 samples, 66 tokens each",
+        f"  {tmp_path / 'a'}: weight 0.3, 2 documents, 5 tokens",
+        f"  {tmp_path / 'b'}: weight 0.7, 1 documents, 10 tokens",
+    ]
