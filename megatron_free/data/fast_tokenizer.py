@@ -78,30 +78,15 @@ class FastSentencePiece:
         """(ids as uint32, offsets as int64 with len(texts) + 1 entries). Runs on the calling thread.
 
         Raises what sentencepiece raises for a text that it cannot encode."""
-        if self._gigatoken is None:
-            return concatenate([self.tokenizer.tokenize(t) for t in texts])
-        slow = [i for i, t in enumerate(texts) if not self._exact(t)]
-        try:
-            prepared = [self._processor.normalize(t) for t in texts] if self._normalize_first else texts
-            encoded = self._gigatoken.encode_batch(prepared, parallel=False)
-        except (TypeError, ValueError, RuntimeError):  # a text gigatoken refuses (a lone surrogate): per text
-            return concatenate([self._encode_one(t) for t in texts])
-        layout = encoded.layout
-        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
-        ids = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
-        offsets = offsets - offsets[0]
-        if not slow:
-            return ids, offsets
-        pieces = [ids[offsets[i]:offsets[i + 1]] for i in range(len(texts))]
-        for i in slow:
-            pieces[i] = self.tokenizer.tokenize(texts[i])
-        return concatenate(pieces)
+        return concatenate([self.encode(t) for t in texts])
 
-    def _encode_one(self, text: str):
-        if self._exact(text):
+    def encode(self, text: str):
+        """sentencepiece's ids of one text (a uint32 array from gigatoken, or sentencepiece's list)."""
+        if self._gigatoken is not None and self._exact(text):
             try:
+                # one text per call: gigatoken's batch call builds an awkward array (and imports awkward) for nothing
                 return self._gigatoken.encode(self._processor.normalize(text) if self._normalize_first else text)
-            except (TypeError, ValueError, RuntimeError):
+            except (TypeError, ValueError, RuntimeError):  # a text gigatoken refuses (a lone surrogate)
                 pass
         return self.tokenizer.tokenize(text)
 
