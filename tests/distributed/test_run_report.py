@@ -6,12 +6,18 @@ means over the log interval), the toy samples (also as TensorBoard text) and the
 import contextlib
 import glob
 import io
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.tiny import tiny_args
+from tests.tiny import TINY_PRETRAIN_ARGV, tiny_args
+
+REPO = Path(__file__).resolve().parents[2]
 
 RUN_FLAGS = ["--lr-decay-style", "linear", "--min-lr", "0.001", "--log-interval", "2",
              "--eval-interval", "2", "--eval-iters", "1", "--generate-samples", "3"]
@@ -187,3 +193,23 @@ def test_tp2_parameter_counts(ranks, single_rank_sizes):
     total = sum(single_rank_sizes.values())
     assert (f"pipeline stage 1: {total:,} ({(total - replicated) // 2 + replicated:,} on each of its 2 "
             f"tensor-parallel GPUs)") in printed
+
+
+@pytest.mark.slow
+def test_torchrun_prints_each_report_once(tmp_path):
+    """Under torchrun (2 ranks, DP2) the arguments, which are printed before the process group
+    exists, the rest of the start, the log lines and the summary come once each, from one rank."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "megatron_free.pretrain", *TINY_PRETRAIN_ARGV, "--train-iters", "2",
+               "--save", str(tmp_path / "ckpt")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    out = result.stdout
+    for once in ("------------------------ arguments ------------------------\n",
+                 "parallel layout: world size 2 = TP 1 x PP 1 x CP 1 x DP 2\n",
+                 "parameters: ", "datasets: toy data", "log lines every 1 iteration(s)",
+                 "------------------------ end of training ------------------------\n",
+                 f"  checkpoint: {tmp_path / 'ckpt' / 'iter_0000002'}\n"):
+        assert out.count(once) == 1, (once, out[-3000:])
+    assert len(re.findall(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration +\d/ +2 \| .* ETA: ", out, re.M)) == 2
