@@ -32,11 +32,12 @@ def report_error(error: BaseException, exit_code: int) -> int:
     """Prints ``error: <error>`` (one line, one write) unless another rank of the job already
     printed that line; returns ``exit_code``."""
     line = "error: " + " ".join(str(error).split()) + "\n"
+    # First: torchrun may stop this worker while it waits for another rank to print.
+    _write_torchelastic_error_file(type(error).__name__, exit_code)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         _write(line)
     else:
         _print_once_per_job(line)
-    _write_torchelastic_error_file(type(error).__name__, exit_code)
     return exit_code
 
 
@@ -66,7 +67,7 @@ def _print_once_per_job(line: str) -> None:
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                               timeout=timeout)
         if store.add(key, 1) > 1:
-            # torchrun stops the other workers when this one exits: the first one's line goes out first.
+            # Exit only once that line is out: torchrun stops every worker as soon as one exits.
             store.wait([key + "/printed"], timeout)
             return
     except Exception:  # noqa: BLE001 - no store to reach, or the first rank died before printing
