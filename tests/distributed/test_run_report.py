@@ -212,4 +212,5 @@ def test_torchrun_prints_each_report_once(tmp_path):
                  "------------------------ end of training ------------------------\n",
                  f"  checkpoint: {tmp_path / 'ckpt' / 'iter_0000002'}\n"):
         assert out.count(once) == 1, (once, out[-3000:])
-    assert len(re.findall(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration +\d/ +2 \| .* ETA: ", out, re.M)) == 2
+    stamped = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration +\d/ +2 \| .* ETA: "
+    assert len(re.findall(stamped, out, re.M)) == 2

@@ -100,7 +100,8 @@ def test_toy_samples_report_marks_and_measures():
     assert m["well_formed"] == pytest.approx(2 / 3) and m["position_agreement"] == 1.0
     assert shared.startswith("  shared Z:")
     assert "well-formed 0.67 of 3 | same position 1.00 over 1 pairs" in shared
-    assert f"noise identical {m['noise_identical']:.2f}, noise Jaccard {m['noise_jaccard']:.2f} over 3 pairs" in shared
+    assert (f"noise identical {m['noise_identical']:.2f}, noise Jaccard {m['noise_jaccard']:.2f} "
+            f"over 3 pairs") in shared
     assert "well-formed 1.00 of 2 | same position 0.00 over 1 pairs" in independent
 
 
