@@ -33,7 +33,7 @@ def report_error(error: BaseException, exit_code: int) -> int:
     printed that line; returns ``exit_code``."""
     line = "error: " + " ".join(str(error).split()) + "\n"
     # First: torchrun may stop this worker while it waits for another rank to print.
-    _write_torchelastic_error_file(type(error).__name__, exit_code)
+    _write_torchelastic_error_file(type(error).__name__, line.strip(), exit_code)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         _write(line)
     else:
@@ -80,15 +80,19 @@ def _print_once_per_job(line: str) -> None:
             pass
 
 
-def _write_torchelastic_error_file(kind: str, exit_code: int) -> None:
-    """torchrun's summary shows this file's message for the worker, instead of a link on how to
-    get a traceback; the error line itself is not repeated there."""
+def _write_torchelastic_error_file(kind: str, line: str, exit_code: int) -> None:
+    """The error file torchrun gives each worker (TORCHELASTIC_ERROR_FILE), in torchelastic's
+    format: "message" holds the error line (torchrun copies the first failure's file to its own
+    TORCHELASTIC_ERROR_FILE, for schedulers); the summary shows "py_callstack" as the worker's
+    "traceback", here the kind and exit code instead of a link on how to get a traceback, so that
+    the line is not printed a second time."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
-    message = f"{kind}, exit code {exit_code} ({_MEANING.get(exit_code, 'an error')}): see the 'error:' line above"
+    summary = f"{kind}, exit code {exit_code} ({_MEANING.get(exit_code, 'an error')}): see the 'error:' line above"
     try:
         with open(path, "w") as f:
-            json.dump({"message": {"message": message, "extraInfo": {"timestamp": str(int(time.time()))}}}, f)
+            json.dump({"message": {"message": line, "extraInfo": {"py_callstack": summary,
+                                                                 "timestamp": str(int(time.time()))}}}, f)
     except OSError:
         pass  # the summary then shows torchrun's own text

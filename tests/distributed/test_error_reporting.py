@@ -2,6 +2,7 @@
 only some ranks hit is printed by them; under torchrun the worker's exit code and the reason show
 in torchrun's summary, and torchrun itself exits 1."""
 
+import json
 import os
 import re
 import subprocess
@@ -66,17 +67,20 @@ def _bad_tracker(tmp_path):
 ], ids=["flags", "checkpoint"])
 def test_torchrun_prints_the_error_line_once(tmp_path, flags, line):
     """Two ranks that both fail, before the process group exists (a flag) and after (--load):
-    the line once, whole; each worker's exit code 2 in torchrun's summary, with the reason; the
-    shell gets torchrun's 1."""
+    the line once, whole; the exit code 2 in torchrun's summary, with the reason; the line in the
+    error file torchrun writes for a scheduler; the shell gets torchrun's 1."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "megatron_free.pretrain", *TINY_PRETRAIN_ARGV, "--tensor-model-parallel-size", "2",
                *flags(tmp_path)]
+    root_cause = tmp_path / "torchrun_error.json"
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, OMP_NUM_THREADS="1", TORCHELASTIC_ERROR_FILE=str(root_cause)))
     output = result.stdout + result.stderr
     expected = line.format(tmp=tmp_path)
     assert result.returncode == 1, output[-3000:]
     assert output.count(expected) == 1, output[-3000:]
     assert re.search(f"^{re.escape(expected)}$", output, re.MULTILINE), output[-3000:]
     assert re.search(r"exitcode\s*: 2 ", output), output[-3000:]
-    assert "ArgumentError, exit code 2" in output or "CheckpointError, exit code 2" in output, output[-3000:]
+    assert re.search(r"traceback : (Argument|Checkpoint)Error, exit code 2 \(a usage, configuration, input or "
+                     r"checkpoint error\): see the 'error:' line above", output), output[-3000:]
+    assert json.loads(root_cause.read_text())["message"]["message"] == expected
