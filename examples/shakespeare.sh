@@ -18,4 +18,4 @@ torchrun --nproc-per-node 2 -m megatron_free.pretrain --config examples/shakespe
     --tensor-model-parallel-size 2 \
     --data-path "$OUT/shakespeare_text_document" --data-cache-path "$OUT/cache" \
     --tokenizer-model "$OUT/tokenizer.model" \
-    --save "$OUT/checkpoints" --tensorboard-dir "$OUT/tensorboard"
+    --save "$OUT/checkpoints" --load "$OUT/checkpoints" --tensorboard-dir "$OUT/tensorboard"

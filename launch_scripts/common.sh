@@ -23,8 +23,8 @@
 #                    per line, and exit | plan: run the planner (pretrain --dry-run) here
 #
 # Preemption and time limits (slurm scripts carry #SBATCH --requeue and --signal=B:USR1@300):
-#   * every run saves to and resumes from $OUTPUT_ROOT/$RUN_NAME/checkpoints (--save, and --load
-#     once a checkpoint exists there), every --save-interval iterations;
+#   * every run saves to and resumes from $OUTPUT_ROOT/$RUN_NAME/checkpoints (--save and --load),
+#     every --save-interval iterations;
 #   * before the time limit: training gets --exit-duration-in-mins (time left - EXIT_MARGIN_MIN),
 #     so it saves and exits 0 on its own; the batch script then requeues the job unless the
 #     checkpoint has reached the planned iterations. Time-based rather than signal-based: torchrun
@@ -114,15 +114,12 @@ build_pretrain_args() {
                    --data-cache-path "$OUTPUT_ROOT/data_cache")
     fi
 
-    # Resume: --load only once a checkpoint exists (a first run starts fresh).
+    # Resume, as Megatron-LM's scripts do: --load = --save (a first run finds no checkpoint there
+    # and starts fresh; a run on checkpoints it does not load is refused).
     local checkpoints="$RUN_DIR/checkpoints"
-    local load_args=()
-    if [[ -f "$checkpoints/latest_checkpointed_iteration.txt" ]]; then
-        load_args=(--load "$checkpoints")
-    fi
 
     PRETRAIN_ARGS=(--config "$config" "${latent_args[@]}" "${length_args[@]}" "${data_args[@]}"
-                   --save "$checkpoints" "${load_args[@]}" --tensorboard-dir "$RUN_DIR/tensorboard"
+                   --save "$checkpoints" --load "$checkpoints" --tensorboard-dir "$RUN_DIR/tensorboard"
                    ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
 }
 

@@ -1,10 +1,22 @@
 """Process-group setup: torch.distributed from torchrun's environment, then megatron-core's
-parallel_state, then seeds. NCCL on GPUs, gloo (with the CPU runtime) otherwise."""
+parallel_state, then seeds. NCCL on GPUs, gloo (with the CPU runtime) otherwise.
+
+Also the processes' lifetimes: a trainer dies with the torchrun agent that started it, and every
+process a trainer forks (dist_checkpointing's writers, DataLoader workers) dies with the trainer.
+torchrun starts its workers in sessions of their own, so a kill -9 of torchrun (what the OOM killer
+does) would otherwise leave them training and writing checkpoints.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import random
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -61,10 +73,67 @@ class ParallelConfig:
         return world_size // self.model_parallel_size
 
 
+def exit_with_parent(parent_pid: int, started_from_main_thread: bool = True) -> None:
+    """Makes this process die (SIGKILL) as soon as its parent ``parent_pid`` does. On Linux the
+    kernel sends it (prctl PR_SET_PDEATHSIG) when the *thread* that started this process ends,
+    right for a process started from its parent's main thread; otherwise, and elsewhere than
+    Linux, a daemon thread polls the parent's pid."""
+    if not (sys.platform.startswith("linux") and started_from_main_thread and _kill_on_parent_death()):
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # it died before this process asked to die with it
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_on_parent_death() -> bool:
+    pr_set_pdeathsig = 1
+    return _libc().prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0
+
+
+@functools.cache
+def _libc():
+    """Loaded before any fork (tie_process_lifetimes): a dlopen in a fork child of a process with
+    threads can deadlock on the loader's lock."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# (pid, forking from its main thread?) of this process, noted just before each fork.
+_forking_parent = (0, True)
+_children_tied = False
+
+
+def tie_process_lifetimes() -> None:
+    """Under torchrun this process dies with the agent (its parent); from now on every process
+    forked from here dies with this one (and theirs with them: forks inherit the hook)."""
+    global _children_tied
+    if sys.platform.startswith("linux"):
+        _libc()
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun's agent, which started this process
+        exit_with_parent(os.getppid())
+    if not _children_tied:
+        os.register_at_fork(before=_note_forking_parent, after_in_child=_exit_with_forking_parent)
+        _children_tied = True
+
+
+def _note_forking_parent() -> None:
+    global _forking_parent
+    _forking_parent = (os.getpid(), threading.current_thread() is threading.main_thread())
+
+
+def _exit_with_forking_parent() -> None:
+    exit_with_parent(*_forking_parent)
+
+
 def _init_process_group(timeout_minutes: int) -> str:
     """Joins torchrun's process group (or makes a one-process one). Returns the backend."""
     if dist.is_initialized():
         return dist.get_backend()
+    tie_process_lifetimes()
     use_cuda = torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

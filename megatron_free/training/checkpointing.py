@@ -2,12 +2,23 @@
 
     <save>/iter_0000100/                      one checkpoint (torch_dist format)
     <save>/latest_checkpointed_iteration.txt  the tracker: the last complete iteration
+    <save>/run.lock                           held by the run saving here: pid, host, since when
 
 A checkpoint is written into ``iter_XXXXXXX.tmp`` and renamed only after every rank finished;
 the tracker is then replaced atomically. A crash (or kill -9) during a save leaves the previous
 checkpoint and the tracker untouched, and never a directory that looks complete; loading reads
 the tracker, so leftover ``.tmp`` directories are ignored, and the next save removes them.
 --keep-last-checkpoints N then deletes all but the N newest checkpoints.
+
+One run at a time writes into a --save directory, and never over checkpoints it did not resume
+from. Rank 0 holds an flock on run.lock from before its first save (and before removing any
+leftover) to its end; the kernel drops the lock of a process that dies, so a killed run cannot
+hold it. A second run on the directory is refused with one line naming the first. A run whose
+--save holds checkpoints that it does not resume from (no --load, --load elsewhere, or
+--finetune) is refused too, before any work: resume with --load of the same directory (as
+Megatron-LM's launch scripts do, and the examples' configs), or give another --save, or delete
+the directory to start over. Each save checks again that the tracker is still the one this run
+last saw (or wrote), so no save ever replaces another run's newer checkpoint.
 
 Held: the model, the optimizer, the LR scheduler, iteration, consumed samples, the RNG states
 (python, numpy, torch, megatron's tracker; per rank) and the run's arguments. The optimizer
@@ -18,20 +29,26 @@ state is sharded like the weights and reshards across TP and PP. The RNG states 
 when the layout is the same (they are per rank).
 
 --load of a run directory with no tracker and no iter_* directory (e.g. a requeued job's
-first start with --load and --save the same) starts from scratch with a warning, as Megatron-LM
-does. Anything else --load cannot use (a missing directory, iter_* directories without a
+first start with --load and --save the same; --save is created before the load) starts from
+scratch with a warning, as Megatron-LM does. Anything else --load cannot use (a missing directory, iter_* directories without a
 tracker, a damaged checkpoint, other model shapes) raises CheckpointError: one line naming the
 path and the problem.
 """
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
 import os
 import random
 import re
 import shutil
+import socket
 import sys
+import time
 from argparse import Namespace
+from dataclasses import dataclass
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +58,11 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from torch.distributed.checkpoint.api import CheckpointException
 
+from megatron_free.parallel.distributed import exit_with_parent
 from megatron_free.training.metrics import is_logging_rank, print_rank_last
 
 TRACKER = "latest_checkpointed_iteration.txt"
+LOCK = "run.lock"
 _ITERATION_DIR = re.compile(r"iter_\d{7}")
 OPTIMIZER_SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
 # Arguments that fix the shapes of the weights: a checkpoint must agree on them to load.
@@ -195,11 +214,18 @@ def save_checkpoint(root, iteration, model_chunks, optimizer, scheduler, consume
     """Writes <root>/iter_XXXXXXX and then the tracker. Collective: every rank calls it."""
     final = checkpoint_dir(root, iteration)
     tmp = final.with_name(final.name + ".tmp")
+    error = None
     if dist.get_rank() == 0:
-        Path(root).mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(Path(root))
-        tmp.mkdir()
-    dist.barrier()
+        try:
+            claim = _claims.get(Path(root).resolve()) or _lock_for_this_run(Path(root))
+            claim.check_before_saving(iteration)
+        except CheckpointError as e:
+            error = str(e)
+        else:
+            _remove_leftovers(Path(root))
+            tmp.mkdir()
+    _raise_on_every_rank(error)
+    _writer_results_queue_dies_with_this_process()
     state = _sharded_state(
         model_chunks, optimizer, scheduler,
         with_optimizer=not args.no_save_optim, with_rng=not args.no_save_rng, is_loading=False,
@@ -217,10 +243,129 @@ def save_checkpoint(root, iteration, model_chunks, optimizer, scheduler, consume
         _replace_dir(tmp, final)
         _fsync_dir(Path(root))
         _write_atomically(Path(root) / TRACKER, f"{iteration}\n")
+        claim.tracker = iteration
         if args.keep_last_checkpoints:
             _remove_older_checkpoints(Path(root), iteration, args.keep_last_checkpoints)
     dist.barrier()
     return final
+
+
+@dataclass
+class _Claim:
+    """Rank 0's hold on a --save directory: the locked run.lock and the tracker's iteration this
+    run last saw or wrote there (None: no tracker)."""
+
+    root: Path
+    lock_fd: int
+    tracker: int | None
+
+    def check_before_saving(self, iteration: int) -> None:
+        current = read_tracker(self.root, "--save")
+        if current is None:
+            return
+        if current != self.tracker or iteration <= current:
+            whose = " (written by another run)" if current != self.tracker else ""
+            raise CheckpointError(
+                f"--save {self.root}: {TRACKER} names iteration {current}{whose}; not saving "
+                f"iteration {iteration} over it: give another --save"
+            )
+
+    def release(self) -> None:
+        os.close(self.lock_fd)
+
+
+_claims: dict[Path, _Claim] = {}  # rank 0's, by resolved --save path
+
+
+def claim_save_dir(save, load, finetune: bool) -> None:
+    """Before --load and any save, collective: rank 0 locks --save for this run (held to the
+    end of the process) and refuses a --save that holds checkpoints this run does not resume
+    from. Raises CheckpointError on every rank."""
+    error = None
+    if dist.get_rank() == 0:
+        root = Path(save)
+        previous = _claims.pop(root.resolve(), None)
+        if previous is not None:  # an earlier run in this process
+            previous.release()
+        try:
+            _lock_for_this_run(root)
+            error = _checkpoints_not_resumed(root, load, finetune)
+        except CheckpointError as e:
+            error = str(e)
+        if error is not None and root.resolve() in _claims:
+            _claims.pop(root.resolve()).release()
+    _raise_on_every_rank(error)
+
+
+def _raise_on_every_rank(error: str | None) -> None:
+    """Rank 0's error (or None) raised as CheckpointError on every rank."""
+    message = [error]
+    dist.broadcast_object_list(message, src=0)
+    if message[0] is not None:
+        raise CheckpointError(message[0])
+
+
+def _lock_for_this_run(root: Path) -> _Claim:
+    """Takes the flock of <root>/run.lock and writes this run into it; CheckpointError naming
+    the holder when another live run has it."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CheckpointError(f"--save {root}: cannot create {LOCK} ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "it has not written who it is yet"
+        os.close(fd)
+        raise CheckpointError(
+            f"--save {root} is in use by another run ({holder}; {LOCK}): wait for it to end or "
+            f"stop it, or give another --save"
+        ) from None
+    except OSError as e:  # a filesystem without flock (e.g. Lustre mounted without -o flock)
+        print(f"warning: --save {root}: cannot lock {LOCK} ({e.strerror}); a second run writing "
+              f"into this directory would not be noticed", file=sys.stderr, flush=True)
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n".encode(), 0)
+    os.fsync(fd)
+    claim = _claims[root.resolve()] = _Claim(root, fd, tracker=None)
+    claim.tracker = read_tracker(root, "--save")
+    return claim
+
+
+def _checkpoints_not_resumed(root: Path, load, finetune: bool) -> str | None:
+    """Why this run must not save into ``root``: it holds checkpoints that this run does not
+    resume from, the tracker's (or, without a tracker, the newest) one. None if it may."""
+    tracked = read_tracker(root, "--save")
+    saved = _saved_checkpoints(root)
+    if tracked is None and not saved:
+        return None
+    latest = checkpoint_dir(root, tracked) if tracked is not None else saved[-1]
+    if load is None:
+        why = "this run has no --load"
+    elif finetune:
+        why = "--finetune starts this run at iteration 0"
+    else:
+        loaded = find_checkpoint(load)  # raises what load_checkpoint would raise
+        if loaded is not None and loaded.resolve() == latest.resolve():
+            return None
+        why = f"this run loads {loaded or load}, not {latest}"
+    upto = f"iteration {tracked}" if tracked is not None else f"{latest.name} (no {TRACKER})"
+    return (f"--save {root} already holds checkpoints up to {upto} and {why}: give --load {root} "
+            f"to resume from them, or another --save (or delete {root}) to start over")
+
+
+def _writer_results_queue_dies_with_this_process() -> None:
+    """dist_checkpointing's writers report through the queue of a multiprocessing manager, a
+    process it spawns at the first save; a manager of its own would outlive this process when
+    it is killed (and keep its resource tracker alive), so this one dies with it."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+        manager.start(exit_with_parent, (os.getpid(),))  # from the main thread, as saves are
+        filesystem_async._results_queue = manager.Queue()  # its proxy keeps the manager alive
 
 
 def _remove_older_checkpoints(root: Path, latest: int, keep: int) -> None:
@@ -252,8 +397,9 @@ def _remove_leftovers(root: Path) -> None:
 
 
 def _replace_dir(new: Path, final: Path) -> None:
-    """Moves ``new`` to ``final``. An existing ``final`` (the same iteration saved again, e.g.
-    after --finetune) is moved aside first and deleted after: renames, no copy in between."""
+    """Moves ``new`` to ``final``. An existing ``final`` (this run's own, saved again after a
+    kill between its rename and the tracker's) is moved aside first and deleted after: renames,
+    no copy in between."""
     if final.exists():
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

@@ -1,15 +1,19 @@
 """Checkpoints and fault tolerance through megatron_free.pretrain: bitwise resume, resharding of
 weights and optimizer state, preemption (SIGTERM, --exit-interval, --exit-duration-in-mins),
-kill -9 during a save, bad --load input, non-finite steps."""
+kill -9 during a save, bad --load input, non-finite steps, no run over another's checkpoints
+(a finished run's or a live one's), no process left after a kill -9 of the launcher."""
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -22,6 +26,7 @@ from tests.tiny import TINY_PRETRAIN_ARGV, full_tensors, merge_ranks, tiny_args
 
 REPO = Path(__file__).resolve().parents[2]
 TRACKER = "latest_checkpointed_iteration.txt"
+LOCK = "run.lock"
 
 
 # ---------------------------------------------------------------- helpers run on every rank
@@ -64,6 +69,13 @@ def _poison(batches, start_iteration, num_microbatches, poisoned):
 
 def _main(argv, poisoned=()):
     """megatron_free.pretrain.main(argv) in this rank's process; returns (exit code, stderr)."""
+    code, stderr, _ = _main_with_stdout(argv, poisoned)
+    return code, stderr
+
+
+def _main_with_stdout(argv, poisoned=()):
+    """megatron_free.pretrain.main(argv) in this rank's process; returns (exit code, stderr,
+    stdout)."""
     import megatron_free.pretrain as pretrain
 
     if poisoned:
@@ -75,18 +87,28 @@ def _main(argv, poisoned=()):
             return (*head, state, train_iter, valid_iter, tokenizer)
 
         pretrain.setup = setup
+    with _captured(1) as stdout, _captured(2) as stderr:
+        code = pretrain.main([*TINY_PRETRAIN_ARGV, *argv])
+    return code, stderr[0], stdout[0]
+
+
+@contextlib.contextmanager
+def _captured(fd: int):
+    """What this process writes to file descriptor ``fd`` inside the block: the list's one
+    string once the block is left."""
+    text = []
     with tempfile.TemporaryFile("w+") as captured:
-        sys.stderr.flush()
-        saved_fd = os.dup(2)
-        os.dup2(captured.fileno(), 2)
+        sys.stdout.flush(), sys.stderr.flush()
+        saved_fd = os.dup(fd)
+        os.dup2(captured.fileno(), fd)
         try:
-            code = pretrain.main([*TINY_PRETRAIN_ARGV, *argv])
+            yield text
         finally:
-            sys.stderr.flush()
-            os.dup2(saved_fd, 2)
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved_fd, fd)
             os.close(saved_fd)
-        captured.seek(0)
-        return code, captured.read()
+            captured.seek(0)
+            text.append(captured.read())
 
 
 def _last(results):
@@ -160,7 +182,8 @@ def test_resume_under_another_layout(ranks, tmp_path, saved, loaded):
 
 # ---------------------------------------------------------------- 3. exits: SIGTERM, interval, duration
 
-ITERATION_LINE = re.compile(r"^iteration\s+(\d+) \|", re.MULTILINE)
+# A log line: "iteration 12/ 100 | ...", after a "[date time] " stamp where the log has one.
+ITERATION_LINE = re.compile(r"^(?:\[[^]]*\] )?iteration\s+(\d+)\b", re.MULTILINE)
 
 
 @pytest.mark.slow
@@ -232,7 +255,7 @@ def test_save_interval_and_final_save_into_a_new_directory(ranks, tmp_path):
     saved, iterations = ranks(1, _train_counting_saves, ["--save", str(save), "--save-interval", "2"])[0]
     assert saved == [2, 4] and iterations == [1, 2, 3, 4]
     assert _tracker(save) == 4
-    assert sorted(p.name for p in save.iterdir()) == ["iter_0000002", "iter_0000004", TRACKER]
+    assert sorted(p.name for p in save.iterdir()) == ["iter_0000002", "iter_0000004", TRACKER, LOCK]
 
 
 def test_keep_last_checkpoints_deletes_older_ones_and_resumes(ranks, tmp_path):
@@ -243,9 +266,9 @@ def test_keep_last_checkpoints_deletes_older_ones_and_resumes(ranks, tmp_path):
     keep = ["--save", str(tmp_path), "--save-interval", "1", "--keep-last-checkpoints", "2"]
     (tmp_path / "iter_0000001.old").mkdir(parents=True)
     ranks(2, _train, [*keep, "--train-iters", "6", "--exit-interval", "4"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000003", "iter_0000004", TRACKER]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000003", "iter_0000004", TRACKER, LOCK]
     resumed = ranks(2, _train, [*keep, "--load", str(tmp_path), "--train-iters", "6"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000005", "iter_0000006", TRACKER]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000005", "iter_0000006", TRACKER, LOCK]
     straight = ranks(2, _train, ["--train-iters", "6"])
     for (_, weights, *_), (_, reference, *_) in zip(resumed, straight):
         assert sorted(weights) == [5, 6]
@@ -299,8 +322,8 @@ def test_kill_during_save_keeps_the_previous_checkpoint(ranks, tmp_path):
     save = tmp_path / "run"
     run = ["--train-iters", "2", "--save", str(save), "--save-interval", "1"]
     with open(tmp_path / "log", "w") as log:
-        # A session of its own: the kill leaves dist_checkpointing's writer processes behind,
-        # which die with the group afterwards, as a job's processes do when slurm kills it.
+        # A session of its own, killed whole afterwards should anything outlive the process
+        # (test_kill_of_the_launcher_leaves_no_process checks that nothing does).
         killed = subprocess.Popen([sys.executable, "-c", _DIE_DURING_SAVE, "2", *TINY_PRETRAIN_ARGV, *run],
                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -315,7 +338,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint(ranks, tmp_path):
     history, *_ = _last(ranks(1, _train, [*run, "--load", str(save)]))
     assert sorted(history) == [2]
     assert _tracker(save) == 2
-    assert sorted(p.name for p in save.iterdir()) == ["iter_0000001", "iter_0000002", TRACKER]
+    assert sorted(p.name for p in save.iterdir()) == ["iter_0000001", "iter_0000002", TRACKER, LOCK]
 
 
 # ---------------------------------------------------------------- 5. bad --load input
@@ -383,7 +406,7 @@ def test_load_of_a_run_directory_without_checkpoint_starts_fresh(ranks, tmp_path
     assert code == 0, stderr
     assert re.search(r"^warning: --load \S+: no checkpoint in it yet .* starting from scratch$", stderr, re.M)
     assert _tracker(tmp_path) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000001", TRACKER]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000001", TRACKER, LOCK]
 
 
 def _error_line(stderr: str) -> str:
@@ -423,3 +446,157 @@ def test_main_exits_3_after_too_many_non_finite_steps(ranks):
     code, stderr = ranks(1, _main, ["--train-iters", "4", "--max-skipped-iterations", "2"], (1, 2, 3, 4))[0]
     assert code == 3, stderr
     assert "(--max-skipped-iterations 2)" in _error_line(stderr)
+
+
+# ---------------------------------------------------------------- 7. one run per --save directory
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A --save directory of a run that reached --train-iters 2 (checkpoints 1 and 2)."""
+    from tests.harness import run_ranks
+
+    root = tmp_path_factory.mktemp("finished_run")
+    run_ranks(1, _train, ["--train-iters", "2", "--save", str(root), "--save-interval", "1"])
+    return root
+
+
+def _snapshot(root: Path) -> dict:
+    """Every file under ``root`` (run.lock aside: each run writes itself into it) with its inode
+    and modification time: what a rewrite of any file would change."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.name != LOCK}
+
+
+@pytest.mark.parametrize("load,extra,why", [
+    (None, [], "this run has no --load"),
+    ("iter_0000001", [], r"this run loads \S+/iter_0000001, not \S+/iter_0000002"),
+    ("", ["--finetune"], "--finetune starts this run at iteration 0"),
+], ids=["no-load", "load-an-older-one", "finetune"])
+def test_a_run_over_checkpoints_it_does_not_resume_is_refused(ranks, finished_run, tmp_path, load, extra, why):
+    """A second run on a finished run's --save that would not resume from its last checkpoint
+    exits 2 with one line naming --save, --load and how to start over; nothing there changes."""
+    save = _copy(finished_run, tmp_path)
+    before = _snapshot(save)
+    argv = ["--train-iters", "4", "--save", str(save), *extra]
+    if load is not None:
+        argv += ["--load", str(save / load)]
+    code, stderr = ranks(1, _main, argv)[0]
+    assert code == 2, stderr
+    assert re.fullmatch(
+        rf"error: --save {re.escape(str(save))} already holds checkpoints up to iteration 2 and {why}: "
+        rf"give --load {re.escape(str(save))} to resume from them, or another --save \(or delete "
+        rf"{re.escape(str(save))}\) to start over", _error_line(stderr)), stderr
+    assert _snapshot(save) == before and _tracker(save) == 2
+
+
+def test_a_finished_run_launched_again_says_so_and_writes_nothing(ranks, finished_run, tmp_path):
+    """--load = --save (the examples' configs) of a run already at --train-iters: one line, exit
+    0, no checkpoint rewritten."""
+    save = _copy(finished_run, tmp_path)
+    before = _snapshot(save)
+    code, stderr, stdout = ranks(1, _main_with_stdout, ["--train-iters", "2", "--save", str(save),
+                                                        "--load", str(save)])[0]
+    assert code == 0, stderr
+    lines = stdout.strip().splitlines()
+    assert f"loaded {save / 'iter_0000002'} at iteration 2" in lines
+    assert lines[-1] == f"nothing to train: --load {save} is already at iteration 2, --train-iters 2"
+    assert _snapshot(save) == before and _tracker(save) == 2
+
+
+def _launch(save, *extra) -> subprocess.Popen:
+    """The tiny model under torchrun (2 ranks, TP2) in a session of its own, saving into ``save``
+    every iteration until stopped; its output goes to ``save``.log."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "megatron_free.pretrain", *TINY_PRETRAIN_ARGV, "--tensor-model-parallel-size", "2",
+               "--train-iters", "100000", "--save", str(save), "--save-interval", "1", *extra]
+    with open(f"{save}.log", "w") as log:
+        return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def _wait_for(condition, timeout: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f}s: {log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+def _workers(job: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(job.pid).children() if "megatron_free.pretrain" in " ".join(p.cmdline())]
+
+
+def _alive_in_sessions(sessions: set[int]) -> list[str]:
+    """The processes (not zombies) of the given sessions: torchrun starts each worker in its
+    own, and the processes a worker starts stay in it."""
+    alive = []
+    for process in psutil.process_iter(["status", "cmdline"]):
+        try:
+            if os.getsid(process.pid) in sessions and process.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(f"{process.pid}: {' '.join(process.info['cmdline'] or [])[:120]}")
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_workers", [False, True], ids=["torchrun", "torchrun-and-workers"])
+def test_kill_of_the_launcher_leaves_no_process(tmp_path, kill_workers):
+    """kill -9 of torchrun alone (what the OOM killer does), or of torchrun and its workers:
+    within a few seconds no process of the run is left (workers, dist_checkpointing's writers,
+    its multiprocessing manager and resource tracker), and no checkpoint is written after."""
+    save = tmp_path / "run"
+    job = _launch(save)
+    sessions = set()
+    try:
+        # Past the second save: the helper processes of the first one exist.
+        _wait_for(lambda: (save / TRACKER).exists() and _tracker(save) >= 2, 300, "second save",
+                  Path(f"{save}.log"))
+        workers = _workers(job)
+        sessions = {os.getsid(p.pid) for p in workers}
+        helpers = [p for w in workers for p in w.children(recursive=True)]
+        assert len(workers) == 2 and sessions.isdisjoint({os.getsid(job.pid)}) and len(helpers) >= 4, helpers
+        os.kill(job.pid, signal.SIGKILL)
+        if kill_workers:
+            for worker in workers:
+                worker.kill()
+        job.wait(timeout=10)
+        _wait_for(lambda: not _alive_in_sessions(sessions), 10, "end of every process", Path(f"{save}.log"))
+        last = _tracker(save)
+        time.sleep(3)
+        assert _tracker(save) == last and not (save / f"iter_{last + 1:07d}").exists()
+    finally:
+        _kill_session(job)
+        for process in _alive_in_sessions(sessions):
+            os.kill(int(process.split(":")[0]), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_live_runs_save_is_refused(ranks, tmp_path):
+    """A job launched twice (or requeued while the old one lingers), --load = --save: the second
+    exits 2 with one line naming the first run (its rank 0's pid), before touching anything;
+    the first goes on saving, then stops on SIGTERM with a complete last checkpoint."""
+    save = tmp_path / "run"
+    job = _launch(save, "--exit-signal-handler")
+    log = Path(f"{save}.log")
+    try:
+        _wait_for(lambda: (save / TRACKER).exists(), 300, "first save", log)
+        rank0 = next(p for p in _workers(job) if p.environ().get("RANK") == "0")
+        code, stderr = ranks(1, _main, ["--train-iters", "100000", "--save", str(save), "--load", str(save),
+                                        "--exit-interval", "1"])[0]
+        assert code == 2, stderr
+        assert re.fullmatch(
+            rf"error: --save {re.escape(str(save))} is in use by another run \(pid {rank0.pid} on "
+            rf"{re.escape(socket.gethostname())}, since \S+ \S+ UTC; run.lock\): wait for it to end "
+            rf"or stop it, or give another --save", _error_line(stderr)), stderr
+        refused_at = _tracker(save)
+        _wait_for(lambda: _tracker(save) > refused_at + 1, 120, "save after the refusal", log)
+        rank0.send_signal(signal.SIGTERM)
+        job.wait(timeout=240)
+    finally:
+        _kill_session(job)
+    output = log.read_text()
+    assert job.returncode == 0, output[-3000:]
+    last = int(re.findall(r"exiting at iteration (\d+): received SIGTERM", output)[-1])
+    assert _tracker(save) == last and (save / f"iter_{last:07d}" / "metadata.json").exists()
+    assert not list(save.glob("*.tmp")), sorted(p.name for p in save.iterdir())

@@ -1,18 +1,35 @@
-"""Which directory --load resolves to (or why not), whether its common state fits the run, and
-the save-side renames, on plain directories: no process group, no model."""
+"""Which directory --load resolves to (or why not), whether its common state fits the run, the
+save-side renames, and the guards of a --save directory (its lock, checkpoints a run does not
+resume from), on plain directories: no process group, no model."""
 
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
+import yaml
 
 from megatron_free.training.checkpointing import (
+    LOCK,
     TRACKER,
     CheckpointError,
     _check_loadable,
+    _checkpoints_not_resumed,
+    _claims,
+    _lock_for_this_run,
     _remove_leftovers,
+    _remove_older_checkpoints,
     _replace_dir,
+    _saved_checkpoints,
     find_checkpoint,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _checkpoint(path):
@@ -129,3 +146,108 @@ def test_keep_last_checkpoints_is_validated(extra, message):
 
     with pytest.raises(ArgumentError, match=message):
         tiny_args(1, *extra)
+
+
+# ---------------------------------------------------------------- the guards of a --save directory
+
+
+def _run_dir(d, tracker=None, *iterations):
+    for iteration in iterations:
+        _checkpoint(d / f"iter_{iteration:07d}")
+    if tracker is not None:
+        (d / TRACKER).write_text(f"{tracker}\n")
+    return d
+
+
+def test_the_lock_file_is_no_checkpoint(tmp_path):
+    """run.lock is neither found as a checkpoint nor counted, nor deleted by retention."""
+    (tmp_path / LOCK).write_text("pid 1 on host, since then\n")
+    assert find_checkpoint(tmp_path) is None
+    _run_dir(tmp_path, 3, 1, 2, 3)
+    assert find_checkpoint(tmp_path) == tmp_path / "iter_0000003"
+    assert [p.name for p in _saved_checkpoints(tmp_path)] == ["iter_0000001", "iter_0000002", "iter_0000003"]
+    _remove_older_checkpoints(tmp_path, 3, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000003", TRACKER, LOCK]
+
+
+@pytest.mark.parametrize("make,load,finetune,problem", [
+    (lambda d: None, None, False, None),
+    (lambda d: (d / LOCK).write_text(""), None, False, None),
+    (lambda d: _run_dir(d, 4, 2, 4), "", False, None),
+    (lambda d: _run_dir(d, 4, 2, 4), "iter_0000004", False, None),
+    (lambda d: _run_dir(d, 4, 2, 4), "./", False, None),
+    (lambda d: _run_dir(d, None, 2, 4), "iter_0000004", False, None),
+    (lambda d: _run_dir(d, 4, 2, 4), None, False, "up to iteration 4 and this run has no --load"),
+    (lambda d: _run_dir(d, 4, 2, 4), "iter_0000002", False, "and this run loads .*/iter_0000002, not .*/iter_0000004"),
+    (lambda d: _run_dir(d, 4, 2, 4), "", True, "and --finetune starts this run at iteration 0"),
+    (lambda d: _run_dir(d, None, 2, 4), None, False, f"up to iter_0000004 \\(no {TRACKER}\\) and this run has no"),
+], ids=["empty", "lock-only", "resume", "resume-the-iteration", "resume-other-spelling",
+        "resume-without-tracker", "no-load", "load-older", "finetune", "no-tracker-no-load"])
+def test_checkpoints_a_run_does_not_resume_from(tmp_path, make, load, finetune, problem):
+    """A --save directory may hold checkpoints only if this run resumes from the latest one."""
+    save = tmp_path / "run"
+    save.mkdir()
+    make(save)
+    load = None if load is None else f"{save}/{load}" if load else str(save)
+    found = _checkpoints_not_resumed(save, load, finetune)
+    if problem is None:
+        assert found is None
+    else:
+        assert re.search(problem, found) and found.endswith(
+            f"give --load {save} to resume from them, or another --save (or delete {save}) to start over")
+
+
+def test_a_save_never_replaces_a_newer_or_anothers_checkpoint(tmp_path):
+    """Before each save the tracker must be the one this run last saw or wrote, and older than
+    the iteration it saves."""
+    claim = _lock_for_this_run(_run_dir(tmp_path, 4, 4))
+    try:
+        claim.check_before_saving(5)
+        with pytest.raises(CheckpointError, match=f"{TRACKER} names iteration 4; not saving iteration 4 over it"):
+            claim.check_before_saving(4)
+        (tmp_path / TRACKER).write_text("9\n")
+        with pytest.raises(CheckpointError, match="names iteration 9 \\(written by another run\\); not saving iteration 5"):
+            claim.check_before_saving(5)
+    finally:
+        _claims.pop(tmp_path.resolve()).release()
+
+
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from megatron_free.training.checkpointing import _lock_for_this_run
+_lock_for_this_run(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+def test_the_lock_names_its_live_holder_and_dies_with_it(tmp_path):
+    """A second claim of a --save directory fails with one line naming the live holder (pid,
+    host); once the holder is killed (kill -9), the directory is free."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(CheckpointError) as refused:
+            _lock_for_this_run(tmp_path)
+        assert re.fullmatch(
+            rf"--save {re.escape(str(tmp_path))} is in use by another run \(pid {holder.pid} on "
+            rf"{re.escape(socket.gethostname())}, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC; {LOCK}\): wait for it "
+            rf"to end or stop it, or give another --save", str(refused.value))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    _lock_for_this_run(tmp_path)
+    try:
+        assert (tmp_path / LOCK).read_text().startswith(f"pid {os.getpid()} on ")
+    finally:
+        _claims.pop(tmp_path.resolve()).release()
+
+
+@pytest.mark.parametrize("config", ["toy_free_transformer.yaml", "shakespeare.yaml"])
+def test_the_examples_resume_from_their_save_directory(config):
+    """The main jobs' configs load what they save (as Megatron-LM's launch scripts do), so a
+    second run resumes instead of starting over."""
+    values = yaml.safe_load((REPO / "examples" / config).read_text())
+    assert values["load"] == values["save"]

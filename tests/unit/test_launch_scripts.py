@@ -162,16 +162,13 @@ def test_paper_sweeps(name, tmp_path):
         assert args.exit_signal_handler and args.save_interval
 
 
-def test_resume_passes_load_once_a_checkpoint_exists(tmp_path):
-    """A requeued job resumes: --load (the --save directory) once it holds a checkpoint."""
+def test_every_launch_loads_its_save_directory(tmp_path):
+    """A requeued job resumes, a first one starts fresh: --load is the --save directory, as in
+    Megatron-LM's launch scripts (pretrain starts fresh when it holds no checkpoint yet)."""
     script = LAUNCH_DIR / "free_8b_1t.sh"
     _, argv = printed_args(script, tmp_path, task=1)
-    assert "--load" not in argv
-    checkpoints = Path(flag_value(argv, "--save"))
-    checkpoints.mkdir(parents=True)
-    (checkpoints / "latest_checkpointed_iteration.txt").write_text("500\n")
-    _, argv = printed_args(script, tmp_path, task=1)
-    assert flag_value(argv, "--load") == str(checkpoints)
+    assert flag_value(argv, "--load") == flag_value(argv, "--save")
+    assert "free_8b_1t_kappa" in flag_value(argv, "--save")
 
 
 def test_plan_covers_the_whole_sweep(tmp_path):
