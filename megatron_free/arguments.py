@@ -203,10 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-workers", type=int, default=0, help="Dataloader number of workers.")
 
     g = p.add_argument_group("checkpointing")
-    g.add_argument("--save", default=None, help="Output directory to save checkpoints to (default: no saving).")
+    g.add_argument("--save", default=None,
+                   help="Output directory to save checkpoints to (default: no saving). One run at a time "
+                        "(it holds <save>/run.lock); a run is refused if the directory holds checkpoints "
+                        "it does not resume from: give --load of the same directory to resume, or another "
+                        "--save (or delete it) to start over.")
     g.add_argument("--load", default=None,
                    help="Directory containing a model checkpoint: a --save directory (its latest "
-                        "checkpoint) or one iter_ directory.")
+                        "checkpoint) or one iter_ directory. One without a checkpoint yet (a first run's "
+                        "--save) starts training from scratch.")
     g.add_argument("--save-interval", type=int, default=None,
                    help="Number of iterations between persistent checkpoint saves "
                         "(default: save only at the end of training).")
