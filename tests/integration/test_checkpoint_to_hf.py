@@ -12,6 +12,9 @@ pytest.importorskip("transformers", reason="HF export needs transformers (pip in
 
 from tests.distributed.test_training import tiny_args  # noqa: E402
 from tests.harness import run_ranks  # noqa: E402
+from tests.integration.transformers_warnings import no_transformers_deprecations  # noqa: E402, F401
+
+pytestmark = pytest.mark.usefixtures("no_transformers_deprecations")
 
 SEQ = 10
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 
 import pytest
 import torch
@@ -21,6 +22,9 @@ pytest.importorskip("safetensors", reason="HF export needs safetensors (pip inst
 from megatron_free.convert.export import export_hf  # noqa: E402
 from megatron_free.convert.hf_mapping import MappingError, hf_to_megatron, megatron_to_hf  # noqa: E402
 from tests.harness import run_ranks  # noqa: E402
+from tests.integration.transformers_warnings import no_transformers_deprecations  # noqa: E402, F401
+
+pytestmark = pytest.mark.usefixtures("no_transformers_deprecations")
 
 VOCAB, PADDED_VOCAB = 300, 320  # the tokenizer's vocabulary, and Megatron's padded one
 BATCH, SEQ, NEW_TOKENS = 2, 12, 8
@@ -196,6 +200,29 @@ def test_kv_cache_generation_equals_full_recompute(exported):
         without = _greedy(model, prompt, latent_mode=mode, latent_seed=5, use_cache=False)
         assert torch.equal(with_cache[0], without[0])
         torch.testing.assert_close(with_cache[1], without[1], atol=1e-5, rtol=0)
+
+
+def test_forward_continues_from_the_cache(exported):
+    """A forward given the cache of the prompt (under the installed transformers' name, or the other
+    one) gives the logits of a forward over prompt + new tokens; the returned cache has grown."""
+    from transformers.cache_utils import DynamicCache
+
+    model = _load(exported, "free_tied")
+    cache_name = sys.modules[type(model).__module__].CACHE_NAME  # the remote code's module
+    tokens, codes = exported["tokens"], exported["codes"]
+    with torch.no_grad():
+        full = model(tokens, latent_codes=codes, use_cache=False).logits
+        prompt = model(tokens[:, :8], latent_codes=codes[:, :8], use_cache=True)
+        cache = getattr(prompt, cache_name)
+        assert isinstance(cache, DynamicCache) and cache.get_seq_length() == 8
+        for name in ("cache", "past_key_values"):
+            step_cache = DynamicCache()
+            model(tokens[:, :8], latent_codes=codes[:, :8], **{name: step_cache})
+            step = model(tokens[:, 8:], latent_codes=codes, use_cache=True, **{name: step_cache})
+            assert getattr(step, cache_name) is step_cache and step_cache.get_seq_length() == SEQ, name
+            torch.testing.assert_close(step.logits, full[:, 8:], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="not both"):
+        model(tokens, cache=DynamicCache(), past_key_values=DynamicCache())
 
 
 def test_left_padded_batch_matches_unpadded(exported):

@@ -97,8 +97,10 @@ def test_huggingface_tokenizer_matches_megatron_core(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from megatron.core.tokenizers import MegatronTokenizer
+    # use_fast: megatron-core's default (slow) tokenizer cannot be built from a tokenizer.json-only folder
+    # by transformers 4.x (AutoTokenizer returns False); ours is the fast one too.
     reference = MegatronTokenizer.from_pretrained(tokenizer_path=str(tmp_path / "hf"),
-                                                  metadata_path={"library": "huggingface"})
+                                                  metadata_path={"library": "huggingface"}, use_fast=True)
     text = SHAKESPEARE.read_text(encoding="utf-8")[:5000] + " é 日本\n"
     assert tok.tokenize(text) == reference.tokenize(text)
     assert (tok.eod, tok.vocab_size) == (reference.eod, reference.vocab_size)

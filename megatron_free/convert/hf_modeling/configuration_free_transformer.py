@@ -16,7 +16,7 @@ class FreeTransformerConfig(_BaseConfig):
     """Llama-style decoder (RMSNorm, SwiGLU, RoPE, GQA, no biases) plus the Free Transformer's latent."""
 
     model_type = "free_transformer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the KV cache's names in 5.24+ and before
 
     def __init__(
         self,

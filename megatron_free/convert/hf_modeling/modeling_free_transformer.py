@@ -36,7 +36,7 @@ ignores padded keys. Not supported: a 4D attention mask, static / compiled cache
 (generate() does not reorder the carried latent_codes with the beams).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Union
 
 import torch
@@ -51,6 +51,9 @@ from .configuration_free_transformer import FreeTransformerConfig
 
 LATENT_MODES = ("posterior", "prior", "given")
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+# The KV cache's name in forward arguments and outputs: "cache" since transformers 5.24 (which warns
+# on the old name), "past_key_values" before. Detected from the library's own output class.
+CACHE_NAME = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,14 +164,14 @@ class FreeTransformerAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
 
-    def forward(self, query_states, kv_states, cos, sin, mask, is_causal, past_key_values=None):
+    def forward(self, query_states, kv_states, cos, sin, mask, is_causal, cache=None):
         b, s, _ = query_states.shape
         q = self.q_proj(query_states).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(kv_states).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(kv_states).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:  # repeat K/V per query head (SDPA's enable_gqa needs torch >= 2.5)
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -197,11 +200,11 @@ class FreeTransformerDecoderLayer(nn.Module):
         self.post_attention_layernorm = FreeTransformerRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = FreeTransformerMLP(config)
 
-    def forward(self, hidden_states, cos, sin, mask, is_causal, past_key_values=None, kv_input=None):
+    def forward(self, hidden_states, cos, sin, mask, is_causal, cache=None, kv_input=None):
         normed = self.input_layernorm(hidden_states)
         kv_normed = normed if kv_input is None else self.input_layernorm(kv_input)
         hidden_states = hidden_states + self.self_attn(
-            normed, kv_normed, cos, sin, mask, is_causal, past_key_values)
+            normed, kv_normed, cos, sin, mask, is_causal, cache)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
@@ -244,7 +247,7 @@ class FreeTransformerPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
     _no_split_modules = ["FreeTransformerDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_sdpa = True
 
     def _init_weights(self, module):
@@ -289,7 +292,7 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         use_cache=None,
         latent_mode=None,
@@ -297,21 +300,21 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
         latent_seed=None,
         **kwargs,
     ):
-        """Returns (hidden_states [b, s, D], past_key_values, latent_codes, latent_bit_logits)."""
+        """Returns (hidden_states [b, s, D], cache, latent_codes, latent_bit_logits)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, s = hidden.shape[:2]
         device = hidden.device
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if past_key_values is not None and not isinstance(past_key_values, Cache):
-            raise TypeError("past_key_values must be a transformers Cache (e.g. DynamicCache), "
-                            f"got {type(past_key_values).__name__}")
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if cache is not None and not isinstance(cache, Cache):
+            raise TypeError(f"{CACHE_NAME} must be a transformers Cache (e.g. DynamicCache), "
+                            f"got {type(cache).__name__}")
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past = cache.get_seq_length() if cache is not None else 0
         if not use_cache:
-            past_key_values = None if past == 0 else past_key_values
+            cache = None if past == 0 else cache
 
         if attention_mask is not None:
             if attention_mask.dim() != 2 or attention_mask.shape[1] != past + s:
@@ -338,13 +341,13 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
                     hidden, latent_mode, latent_codes, latent_seed, past, position_ids,
                     attention_mask, cos, sin)
                 kv_input = hidden + self.latent.post_sample(codes).to(hidden.dtype)
-            hidden = layer(hidden, cos, sin, mask, is_causal, past_key_values, kv_input)
+            hidden = layer(hidden, cos, sin, mask, is_causal, cache, kv_input)
         hidden = self.norm(hidden)
 
         if latent_codes is not None and latent_codes.shape[1] >= past:
             known = latent_codes[:, : past + s].to(codes.device)
             codes = torch.cat([known[:, :past], codes], dim=1) if known.shape[1] < past + s else known
-        return hidden, past_key_values, codes, bit_logits
+        return hidden, cache, codes, bit_logits
 
     @staticmethod
     def _decoder_mask(attention_mask, b, s, past, device):
@@ -422,7 +425,7 @@ class FreeTransformerForCausalLM(FreeTransformerPreTrainedModel, GenerationMixin
         input_ids: Optional[torch.LongTensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[Cache] = None,
+        cache: Optional[Cache] = None,
         inputs_embeds: Optional[torch.FloatTensor] = None,
         labels: Optional[torch.LongTensor] = None,
         use_cache: Optional[bool] = None,
@@ -431,12 +434,17 @@ class FreeTransformerForCausalLM(FreeTransformerPreTrainedModel, GenerationMixin
         latent_codes: Optional[torch.LongTensor] = None,
         latent_seed: Optional[Union[int, torch.Tensor]] = None,
         return_dict: Optional[bool] = None,
+        past_key_values: Optional[Cache] = None,
         **kwargs,
     ):
+        """The KV cache comes as ``cache`` (transformers >= 5.24's name) or ``past_key_values`` (older
+        versions' name) and is returned under the installed version's name (``CACHE_NAME``)."""
+        if cache is not None and past_key_values is not None:
+            raise ValueError("give the KV cache as cache or as past_key_values, not both")
         hidden, cache, codes, bit_logits = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-            latent_mode=latent_mode, latent_codes=latent_codes, latent_seed=latent_seed,
+            cache=past_key_values if cache is None else cache, inputs_embeds=inputs_embeds,
+            use_cache=use_cache, latent_mode=latent_mode, latent_codes=latent_codes, latent_seed=latent_seed,
         )
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
@@ -449,8 +457,7 @@ class FreeTransformerForCausalLM(FreeTransformerPreTrainedModel, GenerationMixin
                 logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                 ignore_index=-100)
         output = FreeTransformerOutput(
-            loss=loss, logits=logits, past_key_values=cache, latent_codes=codes,
-            latent_bit_logits=bit_logits)
+            loss=loss, logits=logits, latent_codes=codes, latent_bit_logits=bit_logits, **{CACHE_NAME: cache})
         return output if return_dict is not False else output.to_tuple()
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
