@@ -18,6 +18,7 @@
 #   CONTAINER_IMAGE  run inside this pyxis/enroot image (a .sqsh file or docker://...); with
 #   CONTAINER_MOUNTS (default: the repo, DATA_ROOT and OUTPUT_ROOT at their own paths)
 #   EXIT_MARGIN_MIN  minutes before the time limit at which training saves and exits (default 20)
+#   MIN_TRAIN_MIN    a job with fewer minutes than this left for training stops at once (default 10)
 #   MAX_REQUEUES     stop requeueing after this many restarts (default 100)
 #   LAUNCH_MODE      run (default) | print: print "world_size N" and the pretrain arguments, one
 #                    per line, and exit | plan: run the planner (pretrain --dry-run) here
@@ -150,7 +151,7 @@ print_args() {  # LAUNCH_MODE=print: what the launcher would run
     printf '%s\n' "${PRETRAIN_ARGS[@]}" "$@"
 }
 
-# Minutes left before the job's time limit (empty if unlimited).
+# Minutes left before the job's time limit, to the second (empty if unlimited).
 minutes_left() {
     local left days=0 h=0 m=0 s=0
     left=$(squeue -h -j "$SLURM_JOB_ID" -o %L)
@@ -162,7 +163,7 @@ minutes_left() {
         2) m=${parts[0]}; s=${parts[1]} ;;
         1) s=${parts[0]} ;;
     esac
-    echo $(( 10#$days * 1440 + 10#$h * 60 + 10#$m + 10#$s / 60 ))
+    awk -v seconds=$(( ((10#$days * 24 + 10#$h) * 60 + 10#$m) * 60 + 10#$s )) 'BEGIN { print seconds / 60 }'
 }
 
 # Slurm: one srun task per node, each running torchrun over that node's GPUs; c10d rendezvous
@@ -193,11 +194,14 @@ slurm_launch() {
     master_addr=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
     local master_port=${MASTER_PORT:-$(( 20000 + SLURM_JOB_ID % 20000 ))}
 
-    local margin=${EXIT_MARGIN_MIN:-20} left exit_args=()
+    local margin=${EXIT_MARGIN_MIN:-20} least=${MIN_TRAIN_MIN:-10} left exit_args=()
+    [[ "$margin" =~ ^[0-9]*\.?[0-9]+$ && "$least" =~ ^[0-9]*\.?[0-9]+$ ]] \
+        || die "EXIT_MARGIN_MIN=$margin, MIN_TRAIN_MIN=$least: expected minutes (e.g. 20 or 0.5)"
     left=$(minutes_left)
     if [[ -n "$left" ]]; then
-        (( left > margin + 10 )) || die "only $left minutes left in the job: raise --time"
-        exit_args=(--exit-duration-in-mins $(( left - margin )))
+        awk -v left="$left" -v margin="$margin" -v least="$least" 'BEGIN { exit !(left - margin > least) }' \
+            || die "only $left minutes left in the job, less than EXIT_MARGIN_MIN $margin + MIN_TRAIN_MIN $least: raise --time"
+        exit_args=(--exit-duration-in-mins "$(awk -v left="$left" -v margin="$margin" 'BEGIN { print left - margin }')")
     fi
 
     # Preflight on one node: validate the layout for this world size and learn the iterations.
@@ -222,10 +226,18 @@ slurm_launch() {
     }
     trap 'requeue "5 minutes before the time limit"' USR1
 
+    # torchrun exits 1 after a SIGTERM (scancel --signal=TERM) even when its workers saved and
+    # exited 0: run it so that a signal it is sent becomes its exit status, 128 + the signal.
+    local torchrun=(python -c 'import runpy, sys
+from torch.distributed.elastic.multiprocessing.api import SignalException
+try:
+    runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
+except SignalException as e:
+    sys.exit(128 + e.sigval)')
     # srun does not pass the allocation's CPUs on to a step's task: give the node's to torchrun.
     srun --nodes="$nodes" --ntasks-per-node=1 ${SLURM_CPUS_ON_NODE:+--cpus-per-task=$SLURM_CPUS_ON_NODE} \
         --kill-on-bad-exit=1 "${container_args[@]}" \
-        python -m torch.distributed.run --nnodes="$nodes" --nproc-per-node="$gpus" \
+        "${torchrun[@]}" --nnodes="$nodes" --nproc-per-node="$gpus" \
             --rdzv-backend=c10d --rdzv-endpoint="$master_addr:$master_port" --rdzv-id="$SLURM_JOB_ID" \
             --max-restarts=0 -m megatron_free.pretrain "${PRETRAIN_ARGS[@]}" "${exit_args[@]}" &
     local srun_pid=$! rc=0
@@ -235,12 +247,16 @@ slurm_launch() {
         kill -0 "$srun_pid" 2>/dev/null || break
     done
     (( requeued )) && return 0
+    local done_iters
+    done_iters=$(cat "$RUN_DIR/checkpoints/latest_checkpointed_iteration.txt" 2>/dev/null || echo 0)
+    if (( rc == 128 + 15 )); then  # SIGTERM: --exit-signal-handler saved; a stop, not a failure
+        echo "run $RUN_NAME stopped by SIGTERM, checkpoint at iteration $done_iters: not requeueing (sbatch again to resume)"
+        return 0
+    fi
     if (( rc != 0 )); then
         echo "training failed (exit $rc): not requeueing"
         return "$rc"
     fi
-    local done_iters
-    done_iters=$(cat "$RUN_DIR/checkpoints/latest_checkpointed_iteration.txt" 2>/dev/null || echo 0)
     if [[ -n "$train_iters" ]] && (( done_iters < train_iters )); then
         requeue "checkpoint at iteration $done_iters of $train_iters"
     else

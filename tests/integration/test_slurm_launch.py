@@ -1,93 +1,183 @@
-"""launch_scripts/common.sh's slurm path end to end on CPU, with stand-ins for srun, scontrol
-and squeue: preflight plan, torchrun with c10d rendezvous, the save-and-exit before the time
-limit, the requeue decision, and the resume of the requeued job from its checkpoint."""
+"""The paper's launch scripts on a real slurm cluster (tests/integration/slurm_cluster.py: munged,
+slurmctld and slurmd of Debian's slurm-wlm on this machine), submitted with sbatch as a user
+would and checked with slurm's own tools (scontrol show job, squeue, scancel).
+
+The job script is free_1p5b_47b.sh with its run (config, sweep, token budget) swapped for the
+tiny toy-task model: its #SBATCH header, its `source .../common.sh` and `slurm_launch` lines are
+the paper script's. sbatch options on the command line override the header where one node with 2
+(device-less) GPUs needs it: --nodes=1, --gpus-per-node=2, --array, --time, --output. The 2
+torchrun workers run on CPU with gloo.
+
+What this cannot cover here, and nothing stands in for: more than one node (slurmd runs once per
+host; the two-node rendezvous of torchrun is tests/integration/test_multinode_torchrun.py), real
+GPUs, pyxis containers (CONTAINER_IMAGE) and slurm's own signal before the time limit (with
+--time=1 it would come at a random moment of the job: the USR1 trap is not exercised).
+"""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
+import re
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.integration.slurm_cluster import TERMINAL_STATES, missing_binaries, start_cluster
+from tests.tiny import TINY_PRETRAIN_ARGV
+
 REPO = Path(__file__).resolve().parents[2]
-
-FAKE_SRUN = """#!/bin/bash
-# srun on a one-node "cluster": drop srun's options, run the command once (the one node's task)
-while [[ $# -gt 0 && "$1" == -* ]]; do shift; done
-exec "$@"
-"""
-FAKE_SCONTROL = """#!/bin/bash
-case "$1" in
-    show) echo localhost ;;
-    requeue) echo "$2" >> "$FAKE_SLURM_REQUEUES" ;;
-    *) exit 1 ;;
-esac
-"""
-FAKE_SQUEUE = """#!/bin/bash
-echo 1:30:00
-"""
-# A toy-task job of 4 iterations that, like a job reaching its time limit, stops (saves, exits 0)
-# after 2: --exit-interval stands in for the --exit-duration-in-mins common.sh adds.
-JOB_SCRIPT = """#!/bin/bash
-#SBATCH --nodes=1
-#SBATCH --gpus-per-node=2
-CONFIG=examples/toy_free_transformer.yaml
-RUN_PREFIX=fake_slurm
-SWEEP=(baseline 1)
-DATA_SOURCE=config
-TRAIN_ITERS=4
-EXTRA_ARGS=(--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 --latent-bits 6
-            --micro-batch-size 8 --global-batch-size 16 --lr-warmup-iters 1 --eval-interval 100
-            --save-interval 2 --exit-interval 2 --generate-samples 0)
-source "$SLURM_SUBMIT_DIR/launch_scripts/common.sh"
-slurm_launch
-"""
+PAPER_SCRIPT = REPO / "launch_scripts" / "free_1p5b_47b.sh"
+TRACKER = "latest_checkpointed_iteration.txt"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(scope="session")
+def slurm():
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"slurm is not installed (no {', '.join(missing)}): .ci/install_slurm.sh installs it")
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
 
 
-def _job(tmp_path: Path, restart: int) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(
-        PATH=f"{tmp_path / 'bin'}:{env['PATH']}", OUTPUT_ROOT=str(tmp_path / "runs"),
-        FAKE_SLURM_REQUEUES=str(tmp_path / "requeues"), SLURM_SUBMIT_DIR=str(REPO),
-        SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="1", SLURM_GPUS_ON_NODE="2",
-        SLURM_JOB_NODELIST="localhost", SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_MAX="1",
-        SLURM_RESTART_COUNT=str(restart), MASTER_PORT=str(_free_port()),
-    )
-    env.pop("LAUNCH_MODE", None)
-    return subprocess.run(["bash", str(tmp_path / "job.sh")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+def _tiny_flags(*dropped: str) -> list[str]:
+    """TINY_PRETRAIN_ARGV without the flags the launch script sets itself."""
+    flags, argv = [], list(TINY_PRETRAIN_ARGV)
+    while argv:
+        flag = argv.pop(0)
+        value = [argv.pop(0)] if argv and not argv[0].startswith("--") else []
+        if flag not in dropped:
+            flags += [flag, *value]
+    return flags
+
+
+def toy_job(tmp_path: Path, train_iters: int, *extra: str) -> Path:
+    """free_1p5b_47b.sh running the tiny toy-task model (baseline and kappa 1 bit) instead."""
+    text = PAPER_SCRIPT.read_text()
+    paper_run = re.search(r"^CONFIG=.*?(?=^source )", text, re.MULTILINE | re.DOTALL)
+    extra_args = [*_tiny_flags("--toy-data", "--free-bits", "--train-iters"),
+                  "--lr-warmup-iters", "0", "--generate-samples", "0", "--eval-interval", "1000",
+                  "--exit-signal-handler", *extra]
+    toy_run = (f"CONFIG=examples/toy_free_transformer.yaml\nRUN_PREFIX=toy\nSWEEP=(baseline 1)\n"
+               f"DATA_SOURCE=config\nTRAIN_ITERS={train_iters}\nEXTRA_ARGS=({' '.join(extra_args)})\n\n")
+    script = tmp_path / PAPER_SCRIPT.name
+    script.write_text(text[:paper_run.start()] + toy_run + text[paper_run.end():])
+    return script
+
+
+def submit(slurm, tmp_path: Path, script: Path, *options: str, **env: str) -> str:
+    """sbatch from the repository root, as the scripts ask; returns the job id."""
+    job_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    job_env.update(
+        PATH=f"{Path(sys.executable).parent}:{job_env['PATH']}",  # the python with this project
+        OUTPUT_ROOT=str(tmp_path / "runs"), OMP_NUM_THREADS="1", **env)
+    job_env.pop("LAUNCH_MODE", None)
+    return slurm.sbatch("--nodes=1", "--gpus-per-node=2", f"--output={tmp_path}/%x-%A_%a.log",
+                        *options, str(script), cwd=REPO, env=job_env)
+
+
+def job_log(tmp_path: Path, record: dict) -> str:
+    return Path(record["StdOut"]).read_text()
+
+
+def checkpoint_iteration(tmp_path: Path, run: str) -> int:
+    return int((tmp_path / "runs" / run / "checkpoints" / TRACKER).read_text())
+
+
+def _summary(records, tmp_path) -> str:
+    return "\n".join(f"{r['JobId']} {r['JobState']} {r['ExitCode']}:\n" + job_log(tmp_path, r)[-3000:]
+                     for r in records if Path(r["StdOut"]).exists())
 
 
 @pytest.mark.slow
-def test_requeue_and_resume(tmp_path):
-    """First job: plan, train to the exit point, save, requeue itself (2 < 4 iterations).
-    Requeued job: --load the checkpoint, train to the end, no further requeue."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("squeue", FAKE_SQUEUE)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    (tmp_path / "job.sh").write_text(JOB_SCRIPT)
+def test_array_sweep_trains_one_run_per_task(slurm, tmp_path):
+    """--array=0-1 of the paper's header (24 h limit): task 0 trains the baseline, task 1 kappa 1
+    bit, each to its planned iteration; scontrol reports both COMPLETED with exit 0."""
+    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=3), "--array=0-1")
+    records = slurm.wait(job, timeout=300)
+    summary = _summary(records, tmp_path)
+    by_task = {r["ArrayTaskId"]: r for r in records}
+    assert sorted(by_task) == ["0", "1"], summary
+    for task, run, latent_flag in (("0", "toy_baseline", "--baseline"), ("1", "toy_kappa1", "--free-bits 1")):
+        record = by_task[task]
+        assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "0"), summary
+        log = job_log(tmp_path, record)
+        assert "plan: ok train_iters=3 world_size=2" in log, summary
+        assert f"run {run}: 1 nodes x 2 GPUs, restart 0:" in log and latent_flag in log, summary
+        assert f"run {run} finished at iteration 3" in log, summary
+        assert checkpoint_iteration(tmp_path, run) == 3
 
-    first = _job(tmp_path, restart=0)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "plan: ok train_iters=4 world_size=2" in first.stdout
-    assert "--exit-duration-in-mins 70" in first.stdout  # 1:30:00 left - EXIT_MARGIN_MIN 20
-    assert "requeueing job 4242 (checkpoint at iteration 2 of 4)" in first.stdout
-    assert (tmp_path / "requeues").read_text().split() == ["4242"]
-    checkpoints = tmp_path / "runs" / "fake_slurm_kappa1" / "checkpoints"
-    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
-    second = _job(tmp_path, restart=1)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert f"--load {checkpoints}" in second.stdout
-    assert "run fake_slurm_kappa1 finished at iteration 4" in second.stdout
-    assert (tmp_path / "requeues").read_text().split() == ["4242"]  # not requeued again
+@pytest.mark.slow
+def test_time_limit_saves_exits_and_the_requeued_job_resumes(slurm, tmp_path):
+    """--time=5 and EXIT_MARGIN_MIN 4.93: the margin leaves training ~3 s of the job's time (read
+    from squeue), less than its set-up, so the first run saves and exits 0 after iteration 1,
+    before the limit; the batch script requeues the job (scontrol requeue) and slurm runs it again
+    (Restarts=1, the same log appended): it resumes from the checkpoint to the planned iteration 2.
+    --signal=B:USR1@60: the header's 300 s warning would come at once in a 5-minute job. Slurm
+    holds a requeued job for 2 minutes (BeginTime, not configurable): the test starts it at once
+    with scontrol update StartTime=now."""
+    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=2), "--array=1", "--time=5",
+                 "--signal=B:USR1@60", EXIT_MARGIN_MIN="4.93", MIN_TRAIN_MIN="0")
+    (record,) = slurm.wait(job, timeout=240, until=lambda records: records[0]["Reason"] == "BeginTime"
+                           or records[0]["JobState"] in TERMINAL_STATES)
+    assert record["Restarts"] == "1", _summary([record], tmp_path)
+    slurm.command("scontrol", "update", f"JobId={record['JobId']}", "StartTime=now")
+    records = slurm.wait(job, timeout=240)
+    (record,) = records
+    summary = _summary(records, tmp_path)
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), summary
+    log = job_log(tmp_path, record)
+    first, _, second = log.partition("restart 1:")
+    assert re.search(r"--exit-duration-in-mins 0\.0\d+", first), summary
+    assert "exiting at iteration 1: ran longer than --exit-duration-in-mins" in first, summary
+    assert f"requeueing job {record['JobId']} (checkpoint at iteration 1 of 2)" in first, summary
+    assert re.search(r"^loaded \S+ at iteration 1$", second, re.MULTILINE), summary
+    assert "run toy_kappa1 finished at iteration 2" in second, summary
+    assert checkpoint_iteration(tmp_path, "toy_kappa1") == 2
+
+
+@pytest.mark.slow
+def test_scancel_sigterm_saves_and_exits_zero(slurm, tmp_path):
+    """`scancel --signal=TERM` while training (slurm signals the torchrun step, not the batch
+    shell): the workers finish their iteration, save and exit; the job ends COMPLETED with exit 0,
+    its checkpoint at the iteration it stopped at, and is not requeued (a stop, not a time limit)."""
+    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=100000), "--array=1")
+    (record,) = slurm.wait(job, timeout=240, until=_training_started)
+    slurm.command("scancel", "--signal=TERM", record["JobId"])
+    records = slurm.wait(job, timeout=120)
+    (record,) = records
+    summary = _summary(records, tmp_path)
+    log = job_log(tmp_path, record)
+    stopped = re.search(r"exiting at iteration (\d+): received SIGTERM", log)
+    assert stopped, summary
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), summary
+    assert checkpoint_iteration(tmp_path, "toy_kappa1") == int(stopped[1])
+    assert f"run toy_kappa1 stopped by SIGTERM, checkpoint at iteration {stopped[1]}: not requeueing" in log, summary
+    assert record["Restarts"] == "0", summary
+
+
+def _training_started(records) -> bool:
+    """The job runs and its log has an iteration line."""
+    path = Path(records[0]["StdOut"])
+    return (records[0]["JobState"] == "RUNNING" and path.exists()
+            and re.search(r"\] iteration +\d+/", path.read_text()) is not None)
+
+
+@pytest.mark.slow
+def test_failed_preflight_plan_stops_before_training(slurm, tmp_path):
+    """TP 4 on 2 GPUs: the preflight plan (srun on one node) fails with the planner's one-line
+    error; the job stops there, FAILED with exit 1, before torchrun and before any checkpoint."""
+    job = submit(slurm, tmp_path, toy_job(tmp_path, 3, "--tensor-model-parallel-size", "4"), "--array=1")
+    records = slurm.wait(job, timeout=120)
+    (record,) = records
+    summary = _summary(records, tmp_path)
+    log = job_log(tmp_path, record)
+    assert (record["JobState"], record["ExitCode"]) == ("FAILED", "1:0"), summary
+    assert re.search(r"^error: --tensor-model-parallel-size 4 x .* does not divide the world size 2$", log,
+                     re.MULTILINE), summary
+    assert "error: the planner rejects this run" in log, summary
+    assert "torch.distributed.run" not in log and "run toy_kappa1:" not in log, summary
+    assert not (tmp_path / "runs" / "toy_kappa1" / "checkpoints").exists()
