@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Interval between running evaluation on validation set (default: no evaluation).")
     g.add_argument("--eval-iters", type=int, default=10,
                    help="Number of iterations to run for evaluation on the validation set.")
+    g.add_argument("--eval-latent-samples", type=int, default=4, metavar="K",
+                   help="Free Transformer validation: posterior samples of Z per sequence for the "
+                        "importance-weighted estimate of -log P(S) ('iwae lm loss', comparable with a "
+                        "baseline's lm loss); 0 skips it (K - 1 forward passes more than the posterior's).")
     g.add_argument("--tensorboard-dir", default=None,
                    help="Write TensorBoard logs to this directory (default: none written).")
     g.add_argument("--peak-tflops", type=float, default=None,
@@ -407,3 +411,4 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         need(not args.baseline, "--init-from-baseline initializes a Free Transformer: drop --baseline")
     if args.eval_interval is not None:
         need(args.eval_interval > 0, f"--eval-interval must be > 0, got {args.eval_interval}")
+    need(args.eval_latent_samples >= 0, f"--eval-latent-samples must be >= 0, got {args.eval_latent_samples}")

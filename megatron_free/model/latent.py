@@ -37,7 +37,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron_free.config import FreeTransformerConfig
 from megatron_free.model.binary_mapper import binary_mapper_post_sampler
 from megatron_free.model.latent_rng import posterior_codes, prior_codes
-from megatron_free.model.losses import free_bits_kl, kl_per_token
+from megatron_free.model.losses import codes_log_prob, free_bits_kl, kl_per_token
 from megatron_free.model.split_input_layer import SplitInputTransformerLayer
 
 LATENT_MODES = ("posterior", "prior", "given")
@@ -50,6 +50,7 @@ class LatentControl:
     mode: str = "posterior"
     codes: Optional[torch.Tensor] = None  # [b, s] int64, for mode "given"
     kl_loss_scale: float = 1.0  # gradient scale of the KL term (1 / num_microbatches, ...)
+    record_log_q: bool = False  # posterior: keep each sample's log Q(Z|S) (importance-weighted validation)
 
     def __post_init__(self):
         if self.mode not in LATENT_MODES:
@@ -137,6 +138,7 @@ class FreeLatent(MegatronModule):
 
         self.control = LatentControl()
         self.last_codes = None
+        self.sequence_log_q: list[torch.Tensor] = []  # one [b] per recorded forward call
         self.reset_kl_report()
 
     def reset_kl_report(self):
@@ -169,6 +171,8 @@ class FreeLatent(MegatronModule):
             else:
                 logits = copy_to_tensor_model_parallel_region(logits)
             codes = _draw_posterior_codes(logits, seeds)
+            if control.record_log_q:
+                self.sequence_log_q.append(codes_log_prob(logits, codes).sum(0))  # [b]
         else:
             seq_len = hidden_states.shape[0] * (
                 parallel_state.get_tensor_model_parallel_world_size() if sequence_parallel else 1

@@ -5,6 +5,10 @@ so KL_t = sum_h (log 2 - h_b(p_{t,h})), h_b the binary entropy in nats: O(H) per
 
 The loss term is the "free bits" hinge applied PER TOKEN before averaging: (1/T) sum_t max(0, KL_t - kappa),
 with no extra weight. kappa is in nats here; the paper quotes it in bits (kappa_nats = bits * log 2).
+
+For validation, log P(S) itself: E_prior[-log P(S|Z)] is only an upper bound of -log P(S) (Jensen) and the
+posterior cross-entropy an ELBO-like number; the importance-weighted estimate with K posterior samples
+(IWAE, Burda et al. 2016) tightens toward log P(S) as K grows and is what to set beside a baseline's loss.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["kl_per_token", "free_bits_kl", "FreeBitsKL", "bits_to_nats", "nats_to_bits"]
+__all__ = ["kl_per_token", "free_bits_kl", "FreeBitsKL", "bits_to_nats", "nats_to_bits", "codes_log_prob",
+           "importance_weighted_log_likelihood"]
 
 LOG2 = math.log(2.0)
 
@@ -85,3 +90,25 @@ def free_bits_kl(kl_t: Tensor, kappa_nats: float, loss_mask: Tensor | None = Non
             frac_above_kappa=masked_mean(above),
             num_tokens=num_tokens.detach(),
         )
+
+
+def codes_log_prob(bit_logits: Tensor, codes: Tensor) -> Tensor:
+    """log Q(Z_t = code | S) for bit logits [..., H] and codes [...] -> [...] (float64): the bits are
+    independent, bit h of the code (weight 2^h) drawn with probability sigmoid(o_h)."""
+    logits = bit_logits.detach().double()
+    bits = (codes.long().unsqueeze(-1) >> torch.arange(logits.shape[-1], device=codes.device)) & 1
+    return torch.where(bits.bool(), F.logsigmoid(logits), F.logsigmoid(-logits)).sum(-1)
+
+
+def importance_weighted_log_likelihood(log_likelihood: Tensor, log_q: Tensor, log_prior: float | Tensor) -> Tensor:
+    """log (1/K) sum_k P(S|Z_k) P(Z_k) / Q(Z_k|S) for K samples Z_k ~ Q(Z|S), per sequence.
+
+    log_likelihood, log_q: [K, N] (log P(S|Z_k) and log Q(Z_k|S) of N sequences); log_prior: log P(Z_k)
+    (the uniform prior: -T H log 2). Returns [N]. Its expectation is a lower bound of log P(S) that rises
+    toward it with K; K = 1 is the ELBO.
+    """
+    if log_likelihood.shape != log_q.shape or log_likelihood.dim() != 2:
+        raise ValueError(f"log_likelihood {tuple(log_likelihood.shape)} and log_q {tuple(log_q.shape)} "
+                         "must both be [K, N]")
+    weights = log_likelihood.double() + log_prior - log_q.double()
+    return torch.logsumexp(weights, dim=0) - math.log(weights.shape[0])

@@ -24,7 +24,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_free.training.checkpointing import checkpoint_dir, save_checkpoint
 from megatron_free.training.metrics import LOGGED_LOSSES, print_rank_last
-from megatron_free.training.step import latent_report, make_forward_step
+from megatron_free.model.losses import LOG2, importance_weighted_log_likelihood
+from megatron_free.training.step import SEQUENCE_NLL, latent_report, make_forward_step, sequence_log_q
 
 
 class NonFiniteError(RuntimeError):
@@ -78,7 +79,8 @@ def _sum_reports(reports) -> dict:
     totals = {}
     for report in reports:
         for name, value in report.items():
-            totals[name] = totals.get(name, 0) + value
+            if name != SEQUENCE_NLL:
+                totals[name] = totals.get(name, 0) + value
     if totals and parallel_state.get_data_parallel_world_size() > 1:
         for value in totals.values():
             dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
@@ -138,28 +140,61 @@ def _finite_on_every_stage(losses: dict) -> bool:
 @torch.no_grad()
 def evaluate(model_chunks, valid_iterator, args) -> dict:
     """Validation cross-entropy: for the Free Transformer with Z from the encoder (posterior,
-    an ELBO-like number) and from the uniform prior (the one comparable to a baseline)."""
+    an ELBO-like number) and from the uniform prior (E_Z[-log P(S|Z)], an upper bound of -log P(S)),
+    and -log P(S) per token estimated with --eval-latent-samples posterior samples (importance-weighted,
+    the number to set beside a baseline's lm loss)."""
     for chunk in model_chunks:
         chunk.eval()
     modes = ("prior",) if args.baseline else ("posterior", "prior")
+    draws = 0 if args.baseline else args.eval_latent_samples
     batches = [next(valid_iterator) for _ in range(args.eval_iters * args.num_microbatches)]
     results = {}
-    for mode in modes:
-        forward_backward = get_forward_backward_func()
-        reports = forward_backward(
-            forward_step_func=make_forward_step(latent_mode=mode),
-            data_iterator=iter(batches), model=model_chunks, num_microbatches=len(batches),
-            seq_length=args.seq_length, micro_batch_size=args.micro_batch_size, forward_only=True,
+    nll, log_q = [], []  # per draw of Z: each sequence's cross-entropy and log Q(Z|S)
+
+    def forward_only(forward_step):
+        return get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(batches), model=model_chunks,
+            num_microbatches=len(batches), seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
+            forward_only=True,
         )
+
+    def record_draw(reports):
+        if parallel_state.is_pipeline_last_stage():
+            nll.append(torch.cat([r[SEQUENCE_NLL] for r in reports], dim=1))  # [2, sequences]
+        log_q.append(sequence_log_q(model_chunks, len(batches), args.micro_batch_size).reshape(-1))
+
+    for mode in modes:
+        per_sequence = mode == "posterior" and draws > 0
+        reports = forward_only(make_forward_step(latent_mode=mode, per_sequence=per_sequence))
         losses = _sum_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
         name = "lm loss" if args.baseline else f"{mode} lm loss"
         results[name] = losses.get("lm loss", float("nan"))
         kl = latent_report(model_chunks)
         if mode == "posterior" and kl:
             results["kl"] = kl["kl"]
+        if per_sequence:
+            record_draw(reports)
+    for draw in range(1, draws):
+        record_draw(forward_only(make_forward_step(latent_mode="posterior", latent_draw=draw, per_sequence=True)))
+        latent_report(model_chunks)  # these draws' KL statistics repeat the posterior pass's
+    if draws:
+        results["iwae lm loss"] = _importance_weighted_loss(nll, log_q, args)
     for chunk in model_chunks:
         chunk.train()
     return _broadcast_from_last_stage(results, sorted(results))
+
+
+def _importance_weighted_loss(nll, log_q, args) -> float:
+    """-log P(S) per token from K draws: -sum_S IWAE(S) / tokens, over every data-parallel rank (the
+    last pipeline stage's number; NaN elsewhere). log P(Z) = -T H log 2 under the uniform prior."""
+    if not parallel_state.is_pipeline_last_stage():
+        return float("nan")
+    log_prior = -args.seq_length * args.latent_bits * LOG2
+    log_p = importance_weighted_log_likelihood(-torch.stack([d[0] for d in nll]), torch.stack(log_q), log_prior)
+    totals = torch.stack([-log_p.sum(), nll[0][1].sum()])
+    if parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    return (totals[0] / totals[1].clamp(min=1)).item()
 
 
 def train(args, model_chunks, optimizer, scheduler, train_iterator, valid_iterator, logger,

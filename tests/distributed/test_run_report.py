@@ -174,9 +174,9 @@ def test_pp2_run_prints_what_megatron_users_expect(ranks, tmp_path, single_rank_
     assert "skipped iterations (non-finite loss or grad norm): 0" in summary
     assert re.search(r"wall time: 0:00:\d\d in the training loop", summary)
     assert re.search(r"tokens: 1,056 \([\d,]+ tokens/s", summary)
-    validation = re.search(r"last validation \(iteration 4\): kl: (\S+) \| posterior lm loss: (\S+) \| "
-                           r"prior lm loss: (\S+)$", summary, re.M)
-    for value, tag in zip(validation.groups(), ("kl", "posterior lm loss", "prior lm loss")):
+    validation = re.search(r"last validation \(iteration 4\): iwae lm loss: (\S+) \| kl: (\S+) \| "
+                           r"posterior lm loss: (\S+) \| prior lm loss: (\S+)$", summary, re.M)
+    for value, tag in zip(validation.groups(), ("iwae lm loss", "kl", "posterior lm loss", "prior lm loss")):
         assert float(value) == pytest.approx(scalars[f"validation/{tag}"][4], rel=1e-6)
     assert f"checkpoint: {save}/iter_0000004\n" in summary
     assert (tmp_path / "ckpt" / "iter_0000004" / "metadata.json").exists()

@@ -76,3 +76,42 @@ def test_bits_nats_round_trip():
     """Scope: bits_to_nats / nats_to_bits are inverse and 1 bit = log 2 nats."""
     assert bits_to_nats(1.0) == math.log(2)
     assert nats_to_bits(bits_to_nats(0.125)) == pytest.approx(0.125, rel=1e-15)
+
+
+def test_codes_log_prob_is_a_distribution_over_codes():
+    """exp(log Q(code)) over all 2^H codes sums to 1, and matches the product of bit probabilities."""
+    from megatron_free.model.losses import codes_log_prob
+
+    logits = torch.randn(3, 5, dtype=torch.float64)
+    codes = torch.arange(2**5)
+    log_q = codes_log_prob(logits[:, None, :].expand(3, 32, 5), codes[None].expand(3, 32))
+    torch.testing.assert_close(log_q.exp().sum(-1), torch.ones(3, dtype=torch.float64))
+    p = torch.sigmoid(logits[0])
+    bits = code_bits(torch.tensor(13), 5, torch.float64)
+    torch.testing.assert_close(log_q[0, 13], torch.log(torch.where(bits.bool(), p, 1 - p)).sum())
+
+
+def test_importance_weighted_estimate():
+    """With Q the exact posterior every weight is log P(S) (exact for any K); with another Q the estimate
+    is below log P(S) in expectation and rises toward it with K (IWAE); bad shapes are refused."""
+    from megatron_free.model.losses import importance_weighted_log_likelihood
+
+    gen = torch.Generator().manual_seed(0)
+    num_codes = 16
+    log_lik = torch.randn(num_codes, generator=gen, dtype=torch.float64) * 3  # log P(S | Z = z)
+    log_prior = -math.log(num_codes)
+    log_p = torch.logsumexp(log_lik + log_prior, 0)  # exact log P(S)
+    posterior = log_lik + log_prior - log_p
+    z = torch.multinomial(posterior.exp(), 4, replacement=True, generator=gen)
+    exact = importance_weighted_log_likelihood(log_lik[z][:, None], posterior[z][:, None], log_prior)
+    torch.testing.assert_close(exact, log_p[None])
+
+    q = torch.log_softmax(torch.randn(num_codes, generator=gen, dtype=torch.float64), 0)
+    means = []
+    for k in (1, 4, 64):
+        z = torch.multinomial(q.exp(), k * 4000, replacement=True, generator=gen).reshape(k, 4000)
+        means.append(importance_weighted_log_likelihood(log_lik[z], q[z], log_prior).mean().item())
+    assert means[0] < means[1] < means[2] < log_p.item() + 1e-3
+    assert log_p.item() - means[2] < 0.1 * (log_p.item() - means[0])
+    with pytest.raises(ValueError, match=r"\[K, N\]"):
+        importance_weighted_log_likelihood(log_lik[:3], q[:3], log_prior)
