@@ -5,7 +5,7 @@
 Trains a baseline and Free Transformers with kappa = 1/64, 1/8, 1 and 8 bits on the toy task
 (`python -m megatron_free.pretrain --toy-data`, one process each, checkpoints under --work-dir),
 samples groups of sequences from each checkpoint with one Z shared by the group and with Z drawn
-independently per sample (megatron_free.data.toy_study), and writes:
+independently per sample (megatron_free.inference.toy_study), and writes:
 
     <out>/results.json     every measure, every generated text, the training logs' numbers
     <out>/samples.png      the paper's Figure 4: sequences per kappa, independent vs shared Z
@@ -170,7 +170,7 @@ def evaluate_checkpoint(load: str, out: str, groups: int, group_size: int) -> No
 
     from megatron_free.convert.from_checkpoint import load_unsplit_model
     from megatron_free.data.toy import LETTERS
-    from megatron_free.data.toy_study import generate_groups, summarize_groups
+    from megatron_free.inference.toy_study import generate_groups, summarize_groups
     from megatron_free.parallel.distributed import destroy_distributed
 
     torch.manual_seed(0)
@@ -433,7 +433,7 @@ Points marked (exploration) come from other runs on the same machine on 2026-11-
   baseline's): generation with prior Z is noisier than the data.
 - Every model samples with the same seeds and starts from the same initial weights (the decoder's
   are drawn per parameter name): where Z is unused the samples coincide with the baseline's.
-- Generation has no KV cache (megatron_free.generate recomputes the prefix for every token).
+- Generation has no KV cache (megatron_free.inference.generate recomputes the prefix for every token).
 - Rerun: `{command}`; add --reuse to keep the checkpoints of a run and redo only the evaluation and
   pictures.
 """

@@ -166,7 +166,7 @@ def run(args) -> None:
         train(args, model_chunks, optimizer, scheduler, train_iter, valid_iter, logger, state)
         seconds = time.perf_counter() - start
         if args.generate_samples and args.toy_data:
-            from megatron_free.data.toy_study import print_toy_samples
+            from megatron_free.inference.toy_study import print_toy_samples
 
             print_toy_samples(model_chunks, tokenizer, args, logger, state.iteration)
     finally:

@@ -17,7 +17,8 @@ def _train_then_generate(tmp_path, runs):
     """Trains the tiny model one iteration into tmp_path/ckpt, then runs megatron-free-generate
     once per {name: extra flags}; returns ({name: exit code}, the first output's bytes before and
     after a refused rewrite)."""
-    from megatron_free import generate, pretrain
+    from megatron_free import pretrain
+    from megatron_free.inference import generate
 
     assert pretrain.main([*TINY_PRETRAIN_ARGV, "--train-iters", "1", "--save", str(tmp_path / "ckpt")]) == 0
     common = ["--load", str(tmp_path / "ckpt"), "--prompt", "K>", "--prompt", "K>", "--prompt", "D>",

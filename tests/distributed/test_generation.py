@@ -13,8 +13,8 @@ NEW_TOKENS = 10
 
 def _generate(extra):
     """Greedy tokens for given codes, and toy-study groups (temperature 1), on this rank."""
-    from megatron_free.data.toy_study import sample_groups
-    from megatron_free.generate import generate
+    from megatron_free.inference.toy_study import sample_groups
+    from megatron_free.inference.generate import generate
     from megatron_free.pretrain import setup
 
     args = tiny_args(dist.get_world_size(), *extra)

@@ -102,7 +102,7 @@ def test_pp2_run_prints_what_megatron_users_expect(ranks, tmp_path, single_rank_
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from megatron_free.data.toy import parse_toy_sample
-    from megatron_free.data.toy_study import summarize_groups
+    from megatron_free.inference.toy_study import summarize_groups
 
     save, board = str(tmp_path / "ckpt"), str(tmp_path / "tb")
     first, printed = ranks(2, _printed_by_run, ["--pipeline-model-parallel-size", "2", *RUN_FLAGS],

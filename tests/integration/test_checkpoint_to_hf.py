@@ -2,6 +2,7 @@
 megatron-free-convert-hf, loads with AutoModelForCausalLM(trust_remote_code=True), matches the
 megatron model's logits, and generates; megatron-free-generate samples from the checkpoint."""
 
+import json
 import subprocess
 import sys
 
@@ -19,11 +20,11 @@ pytestmark = pytest.mark.usefixtures("no_transformers_deprecations")
 SEQ = 10
 
 
-def _train_and_save(save_dir):
+def _train_and_save(save_dir, *extra):
     from megatron_free.pretrain import run
 
     run(tiny_args(torch.distributed.get_world_size(), "--tensor-model-parallel-size", "2",
-                  "--train-iters", "2", "--save", save_dir))
+                  "--train-iters", "2", "--save", save_dir, *extra))
 
 
 def _megatron_logits(load_dir, tokens, codes):
@@ -47,10 +48,40 @@ def _cli(*args):
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tp2_run")
     run_ranks(2, _train_and_save, str(root / "ckpt"))
-    result = _cli("megatron_free.convert.cli", "--load", str(root / "ckpt"), "--output",
-                  str(root / "hf"), "--dtype", "float32")
+    result = _cli("megatron_free.convert.cli", "--load", str(root / "ckpt"), "--output", str(root / "hf"))
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"wrote {root / 'hf'}: float32 weights (the checkpoint's dtype)"
     return root
+
+
+def _weight_dtypes(folder):
+    from safetensors import safe_open
+
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    dtypes = set()
+    for shard in set(index["weight_map"].values()):
+        with safe_open(folder / shard, "pt") as f:
+            dtypes |= {f.get_slice(name).get_dtype() for name in f.keys()}
+    return dtypes, json.loads((folder / "config.json").read_text())["torch_dtype"]
+
+
+@pytest.mark.slow
+def test_export_keeps_the_checkpoint_dtype_unless_told(run_dir, tmp_path):
+    """An fp32 run exports float32 weights by default; --dtype casts, and the last line says from what;
+    a bf16 run's checkpoint exports bfloat16 by default."""
+    assert _weight_dtypes(run_dir / "hf") == ({"F32"}, "float32")
+    cast = _cli("megatron_free.convert.cli", "--load", str(run_dir / "ckpt"), "--output", str(tmp_path / "bf16"),
+                "--dtype", "bfloat16")
+    assert cast.returncode == 0, cast.stderr
+    assert cast.stdout.strip().splitlines()[-1] == (
+        f"wrote {tmp_path / 'bf16'}: bfloat16 weights (cast from the checkpoint's float32 by --dtype)")
+    assert _weight_dtypes(tmp_path / "bf16") == ({"BF16"}, "bfloat16")
+
+    run_ranks(2, _train_and_save, str(tmp_path / "bf16_run"), "--bf16")
+    kept = _cli("megatron_free.convert.cli", "--load", str(tmp_path / "bf16_run"), "--output", str(tmp_path / "hf"))
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.strip().splitlines()[-1] == f"wrote {tmp_path / 'hf'}: bfloat16 weights (the checkpoint's dtype)"
+    assert _weight_dtypes(tmp_path / "hf") == ({"BF16"}, "bfloat16")
 
 
 @pytest.mark.slow
@@ -85,7 +116,7 @@ def test_export_loads_with_tokenizer_and_generates(run_dir):
 @pytest.mark.slow
 def test_generate_cli_and_bad_load(run_dir, tmp_path):
     """megatron-free-generate prints samples; a missing checkpoint is a one-line error, exit 2."""
-    result = _cli("megatron_free.generate", "--load", str(run_dir / "ckpt"), "--prompt", "K>",
+    result = _cli("megatron_free.inference.generate", "--load", str(run_dir / "ckpt"), "--prompt", "K>",
                   "--num-samples", "2", "--max-new-tokens", "5", "--latent", "fixed-seed")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
@@ -115,7 +146,7 @@ def _greedy_with_codes_and_replay(load_dir, prompt, codes, num_tokens):
     """Greedy generation with explicit codes, and the argmax of one forward over its output with
     the same codes (a causal model: position t sees tokens and codes up to t only)."""
     from megatron_free.convert.from_checkpoint import load_unsplit_model
-    from megatron_free.generate import generate
+    from megatron_free.inference.generate import generate
     from megatron_free.model.latent import LatentControl
 
     model, _, tokenizer = load_unsplit_model(load_dir)

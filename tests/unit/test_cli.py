@@ -7,17 +7,21 @@ import sys
 
 import pytest
 
-from megatron_free import arguments, generate
+from megatron_free import arguments
+from megatron_free.inference import generate
+from megatron_free.convert import cli as convert_cli
 from megatron_free.data import preprocess, train_tokenizer
 
-# [project.scripts] of pyproject.toml, but megatron-free-convert-hf
+# [project.scripts] of pyproject.toml
 CONSOLE_SCRIPTS = {
+    "megatron-free-convert-hf": "megatron_free.convert.cli",
     "megatron-free-pretrain": "megatron_free.pretrain",
     "megatron-free-preprocess": "megatron_free.data.preprocess",
     "megatron-free-train-tokenizer": "megatron_free.data.train_tokenizer",
-    "megatron-free-generate": "megatron_free.generate",
+    "megatron-free-generate": "megatron_free.inference.generate",
 }
 PARSERS = {
+    "megatron-free-convert-hf": convert_cli.build_parser,
     "megatron-free-pretrain": arguments.build_parser,
     "megatron-free-preprocess": preprocess.build_parser,
     "megatron-free-train-tokenizer": train_tokenizer.build_parser,

@@ -79,7 +79,7 @@ def test_summary():
 
 def test_toy_samples_report_marks_and_measures():
     """ok/bad follow parse_toy_sample; the measures are summarize_groups' of each group."""
-    from megatron_free.data.toy_study import summarize_groups, toy_samples_report
+    from megatron_free.inference.toy_study import summarize_groups, toy_samples_report
 
     def text(position, noise=()):
         body = ["_"] * 64

@@ -1,4 +1,4 @@
-"""Unit tests for the toy study's measures (megatron_free/data/toy_study.py) on hand-made strings."""
+"""Unit tests for the toy study's measures (megatron_free/inference/toy_study.py) on hand-made strings."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from megatron_free.data.toy import generate_toy_sample
-from megatron_free.data.toy_study import (
+from megatron_free.inference.toy_study import (
     noise_agreement,
     noise_positions,
     position_agreement,
