@@ -105,7 +105,7 @@ def generate_groups(model_chunks, tokenizer, letters: str, group_size: int, *, s
     one batch. ``shared_z``: every sample of a group gets the same Z (one uniform code per
     position, drawn once per group); otherwise each sample draws its own. Temperature 1, no top-k.
     ``latent_bits`` None: a baseline (no Z; both settings are then the same distribution)."""
-    from megatron_free.generate import generate  # megatron-core: not needed by the measures
+    from megatron_free.inference.generate import generate  # megatron-core: not needed by the measures
 
     prompts = [tokenizer.tokenize(f"{letter}>") for letter in letters for _ in range(group_size)]
     prompt = torch.tensor(prompts)
