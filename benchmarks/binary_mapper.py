@@ -33,8 +33,8 @@ except ImportError:  # running as `python benchmarks/binary_mapper.py` from a ch
 from megatron_free.model.binary_mapper import (  # noqa: E402
     binary_mapper_post_sampler,
     dense_binary_mapper_reference,
-    sample_codes,
 )
+from megatron_free.model.latent_rng import posterior_codes  # noqa: E402
 
 DEFAULT_SIZES = ((1024, 512), (1024, 1024), (8192, 512), (8192, 1024))
 VARIANTS = ("ours", "dense")
@@ -52,7 +52,7 @@ def _measure(variant: str, tokens: int, hidden: int, num_bits: int, dtype: str, 
     weight.requires_grad_()
     weight.grad = torch.zeros_like(weight)  # the weight grad buffer is part of the model, not of the step
     logits.grad = torch.zeros_like(logits)
-    codes = sample_codes(logits, gen)
+    codes = posterior_codes(logits[None], torch.tensor([0], device=device), torch.arange(tokens, device=device)[None])[0]
     grad_out = torch.randn(tokens, hidden, generator=gen, device=device, dtype=torch_dtype)
 
     if variant == "ours":

@@ -78,8 +78,8 @@ def generate(model_chunks, prompt_ids, num_tokens: int, *, latent="uniform", lat
     import torch
     import torch.distributed as dist
 
-    from megatron_free.model.binary_mapper import uniform_codes
     from megatron_free.model.latent import LatentControl
+    from megatron_free.model.latent_rng import prior_codes, sample_seeds
 
     if latent not in GENERATION_LATENTS:
         raise ValueError(f"--latent must be one of {GENERATION_LATENTS}, got {latent!r}")
@@ -92,7 +92,8 @@ def generate(model_chunks, prompt_ids, num_tokens: int, *, latent="uniform", lat
         tokens = prompt_ids.to(device)
         batch, prompt_len = tokens.shape
         total = prompt_len + num_tokens
-        seeds = torch.arange(batch, device=device) + seed
+        # The HF export's generate(latent_seed=seed) draws the same Z (model/latent_rng.py).
+        seeds = sample_seeds(seed, 1 if latent == "fixed-seed" else batch, device).expand(batch)
         control = LatentControl(mode="prior")
         if codes is not None:
             if tuple(codes.shape) != (batch, total):
@@ -100,14 +101,9 @@ def generate(model_chunks, prompt_ids, num_tokens: int, *, latent="uniform", lat
                                  f"(rows x prompt + new tokens)")
             control = None
         elif latent_bits is not None:
-            gen = torch.Generator().manual_seed(seed)
-            if latent == "fixed-seed":
-                codes = uniform_codes((1, total), latent_bits, generator=gen).expand(batch, total)
-            else:
-                codes = uniform_codes((batch, total), latent_bits, generator=gen)
+            codes = prior_codes(seeds, torch.arange(total, device=device).expand(batch, total), latent_bits).cpu()
             if latent == "posterior-prompt":
                 _forward_logits(model_chunks, tokens, LatentControl(mode="posterior"), seeds)
-                codes = codes.clone()
                 codes[:, :prompt_len] = _latent_codes_of_prompt(model_chunks).cpu()
             control = None
         sampler = torch.Generator(device="cpu").manual_seed(sampling_seed)

@@ -25,7 +25,7 @@ import itertools
 import torch
 
 from megatron_free.data.toy import BODY_LENGTH, NOISE_CHAR, PROMPT_LENGTH, parse_toy_sample
-from megatron_free.model.binary_mapper import uniform_codes
+from megatron_free.model.latent_rng import prior_codes, sample_seeds
 from megatron_free.training.metrics import print_rank_last
 
 
@@ -112,12 +112,10 @@ def generate_groups(model_chunks, tokenizer, letters: str, group_size: int, *, s
     total = prompt.shape[1] + BODY_LENGTH
     codes = None
     if latent_bits is not None:
-        gen = torch.Generator().manual_seed(seed)
+        rows = len(letters) if shared_z else len(letters) * group_size
+        codes = prior_codes(sample_seeds(seed, rows), torch.arange(total).expand(rows, total), latent_bits)
         if shared_z:
-            codes = uniform_codes((len(letters), total), latent_bits, generator=gen)
             codes = codes.repeat_interleave(group_size, dim=0)
-        else:
-            codes = uniform_codes((len(letters) * group_size, total), latent_bits, generator=gen)
     ids = generate(model_chunks, prompt, BODY_LENGTH, seed=seed, codes=codes,
                    vocab_size=tokenizer.vocab_size)
     texts = [tokenizer.detokenize(row.tolist()) for row in ids]

@@ -28,8 +28,7 @@ partial logit gradient (the sum over its codes only). The caller, not this modul
 copy_to_tensor_model_parallel_region (all-reduces the [T,H] logit gradient) and the output in
 reduce_from_tensor_model_parallel_region (all-reduces the partial R). Nothing here touches a process group.
 
-Sampling takes explicit torch.Generators so the caller can seed by global token position, independent of the
-parallel layout; with a generator given, the global RNG is untouched.
+Codes are drawn elsewhere (model/latent_rng.py: a stateless hash of seed, position and bit).
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ from torch import Tensor
 
 __all__ = [
     "code_bits",
-    "sample_codes",
-    "uniform_codes",
     "BinaryMapperPostSampler",
     "binary_mapper_post_sampler",
     "dense_binary_mapper_reference",
@@ -57,32 +54,6 @@ def code_bits(codes: Tensor, num_bits: int, dtype: torch.dtype = torch.float32) 
     """u_h(d) for every code: [...] integer codes -> [..., num_bits] of 0/1, column h = bit of weight 2^h."""
     shifts = torch.arange(num_bits, device=codes.device, dtype=torch.long)
     return ((codes.long().unsqueeze(-1) >> shifts) & 1).to(dtype)
-
-
-def sample_codes(bit_logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Draw d = sum_h 2^h B_h with B_h ~ Bernoulli(sigmoid(o_h)): [..., H] logits -> [...] int64 codes.
-
-    The uniforms come from `generator` (on the logits' device); no gradient flows through the sample.
-    """
-    num_bits = bit_logits.shape[-1]
-    if not 1 <= num_bits <= 62:
-        raise ValueError(f"bit_logits has {num_bits} bits in its last dimension; expected 1..62")
-    probs = torch.sigmoid(bit_logits.detach().to(_compute_dtype(bit_logits.dtype)))
-    uniforms = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
-    bits = (uniforms < probs).long()
-    return (bits << torch.arange(num_bits, device=bits.device)).sum(-1)
-
-
-def uniform_codes(
-    shape: tuple[int, ...] | torch.Size,
-    num_bits: int,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Draw codes from the uniform prior over [0, 2^num_bits): an int64 tensor of `shape`."""
-    if generator is not None and device is None:
-        device = generator.device
-    return torch.randint(0, 2**num_bits, tuple(shape), generator=generator, device=device, dtype=torch.long)
 
 
 def _local_rows(codes: Tensor, code_offset: int, num_local: int) -> tuple[Tensor, Tensor]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["POSTERIOR_STREAM", "PRIOR_STREAM", "latent_uniforms", "posterior_codes", "prior_codes",
-           "bits_to_codes", "hash32"]
+           "bits_to_codes", "hash32", "sample_seeds"]
 
 _MASK32 = 0xFFFFFFFF
 POSTERIOR_STREAM, PRIOR_STREAM = 0x51ED270B, 0x2C1B3C6D
@@ -68,3 +68,10 @@ def posterior_codes(bit_logits: Tensor, seeds: Tensor, positions: Tensor) -> Ten
 def prior_codes(seeds: Tensor, positions: Tensor, num_bits: int) -> Tensor:
     """Codes uniform over [0, 2^num_bits): [b, s]."""
     return bits_to_codes(latent_uniforms(seeds, positions, num_bits, PRIOR_STREAM) < 0.5)
+
+
+def sample_seeds(latent_seed: int, batch_size: int, device=None) -> Tensor:
+    """[b] int64 per-sample seeds for one latent seed: hash(seed) in the high 32 bits, the sample's
+    index in the batch in the low ones (samples differ; the same seed gives the same Z everywhere)."""
+    seed = torch.as_tensor(latent_seed, dtype=torch.long, device=device)
+    return ((hash32(seed) & 0x7FFFFFFF) << 32) | torch.arange(batch_size, device=device)

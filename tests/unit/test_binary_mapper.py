@@ -9,18 +9,22 @@ from megatron_free.model.binary_mapper import (
     binary_mapper_post_sampler,
     code_bits,
     dense_binary_mapper_reference,
-    sample_codes,
-    uniform_codes,
 )
+from megatron_free.model.latent_rng import posterior_codes
 
 TOL = dict(atol=1e-10, rtol=1e-10)
+
+
+def _draw(logits, seed):
+    """Codes for [T, H] logits: one sample's posterior draw (the latent's own RNG)."""
+    return posterior_codes(logits[None], torch.tensor([seed]), torch.arange(logits.shape[0])[None])[0]
 
 
 def _inputs(num_tokens, num_bits, hidden, seed=0, scale=2.0):
     gen = torch.Generator().manual_seed(seed)
     logits = (scale * torch.randn(num_tokens, num_bits, generator=gen, dtype=torch.float64)).requires_grad_()
     weight = torch.randn(2**num_bits, hidden, generator=gen, dtype=torch.float64).requires_grad_()
-    codes = sample_codes(logits, torch.Generator().manual_seed(seed + 1))
+    codes = _draw(logits, seed + 1)
     grad_out = torch.randn(num_tokens, hidden, generator=gen, dtype=torch.float64)
     return logits, codes, weight, grad_out
 
@@ -129,40 +133,9 @@ def test_chunking_large_code_space():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 16, generator=gen).requires_grad_()
     weight = torch.randn(2**16, 8, generator=gen).requires_grad_()
-    codes = sample_codes(logits, torch.Generator().manual_seed(1))
+    codes = _draw(logits, 1)
     grad_out = torch.randn(64, 8, generator=gen)
     grads = [_run(lambda o, w: binary_mapper_post_sampler(o, codes, w, chunk_size=c), logits, weight, grad_out)[1]
              for c in (4096, 5000)]
     assert torch.isfinite(grads[0]).all()
     assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
-
-
-def test_sample_codes_bit_order():
-    """Scope: bit h has weight 2^h (only bit 2 strongly on -> code 4) and code_bits inverts it."""
-    logits = torch.full((5, 4), -50.0)
-    logits[:, 2] = 50.0
-    assert torch.equal(sample_codes(logits, torch.Generator().manual_seed(0)), torch.full((5,), 4))
-    assert code_bits(torch.tensor([4]), 4).tolist() == [[0.0, 0.0, 1.0, 0.0]]
-
-
-def test_sample_codes_seeded_and_global_rng_untouched():
-    """Scope: same generator seed -> same codes; a given generator leaves the global RNG state alone."""
-    logits = torch.randn(100, 8)
-    state = torch.get_rng_state()
-    a = sample_codes(logits, torch.Generator().manual_seed(42))
-    b = sample_codes(logits, torch.Generator().manual_seed(42))
-    u = uniform_codes((3, 5), 8, torch.Generator().manual_seed(42))
-    assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(a, b)
-    assert u.shape == (3, 5) and u.dtype == torch.long and 0 <= u.min() and u.max() < 256
-    assert torch.equal(u, uniform_codes((3, 5), 8, torch.Generator().manual_seed(42)))
-
-
-def test_sample_codes_frequencies():
-    """Scope: empirical bit frequencies of sampled codes match sigmoid(logits); prior codes are uniform."""
-    probs = torch.tensor([0.1, 0.5, 0.8, 0.97])
-    logits = torch.logit(probs).expand(200_000, 4)
-    bits = code_bits(sample_codes(logits, torch.Generator().manual_seed(0)), 4)
-    assert_close(bits.mean(0), probs, atol=5e-3, rtol=0)  # 5 sigma at n=2e5
-    counts = torch.bincount(uniform_codes((160_000,), 4, torch.Generator().manual_seed(0)), minlength=16)
-    assert_close(counts.double() / 160_000, torch.full((16,), 1 / 16, dtype=torch.float64), atol=3e-3, rtol=0)
