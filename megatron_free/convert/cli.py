@@ -4,7 +4,9 @@
     python -c "from transformers import AutoModelForCausalLM as M; M.from_pretrained('runs/toy/hf', trust_remote_code=True)"
 
 A Free Transformer exports with its modeling code (trust_remote_code=True); a baseline exports as a
-plain LlamaForCausalLM. Megatron's vocabulary padding is removed.
+plain LlamaForCausalLM. Megatron's vocabulary padding is removed. The weights keep the checkpoint's
+dtype (the run's: bfloat16 with --bf16, float16 with --fp16, float32 otherwise) unless --dtype says
+otherwise; the last line printed names both.
 """
 
 from __future__ import annotations
@@ -12,41 +14,62 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from megatron_free.arguments import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="megatron-free-convert-hf", description="A megatron_free checkpoint (any TP/PP layout) -> a "
+                                "HuggingFace folder; the weights keep the checkpoint's dtype unless --dtype.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--load", required=True,
+                   help="Checkpoint: a run's --save directory (its latest checkpoint) or one iter_ directory.")
+    p.add_argument("--output", required=True,
+                   help="The HuggingFace folder to write (atomically: a reader never sees a partial export).")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="Cast the floating-point weights to this dtype; default: the checkpoint's dtype.")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="Largest safetensors file: bytes, or a size such as 5GB (10^9) or 4GiB (2^30).")
+    p.add_argument("--overwrite", action="store_true", help="Replace an existing --output; default: refuse.")
+    return p
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="megatron-free-convert-hf", description=__doc__.split("\n")[0])
-    parser.add_argument("--load", required=True, help="checkpoint root (--save of the run) or an iter_ dir")
-    parser.add_argument("--output", required=True, help="the HuggingFace folder to write")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
-    parser.add_argument("--max-shard-size", default="5GB")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+
+    import torch
 
     from megatron_free.convert.export import export_hf
     from megatron_free.convert.from_checkpoint import load_unsplit_model
+    from megatron_free.errors import EXIT_USAGE, report_error
     from megatron_free.parallel.distributed import destroy_distributed
     from megatron_free.training.checkpointing import CheckpointError
 
     try:
         model, run_args, tokenizer = load_unsplit_model(args.load)
+        saved = run_args.checkpoint_dtype
+        dtype = saved if args.dtype is None else getattr(torch, args.dtype)
         vocab_size = tokenizer.vocab_size if tokenizer is not None else run_args.vocab_size
         path = export_hf(
             model.state_dict(), model.config, args.output, vocab_size=vocab_size,
             tokenizer=tokenizer, max_shard_size=args.max_shard_size,
             max_position_embeddings=run_args.max_position_embeddings,
-            rope_theta=float(run_args.rotary_base), dtype=getattr(torch, args.dtype),
-            overwrite=args.overwrite,
+            rope_theta=float(run_args.rotary_base), dtype=dtype, overwrite=args.overwrite,
         )
     except (CheckpointError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e, EXIT_USAGE)
     finally:
         if torch.distributed.is_initialized():
             destroy_distributed()
-    print(f"wrote {path}")
+    written, source = _name(dtype), _name(saved)
+    how = "the checkpoint's dtype" if dtype == saved else f"cast from the checkpoint's {source} by --dtype"
+    print(f"wrote {path}: {written} weights ({how})")
     return 0
+
+
+def _name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,19 @@ def _write_weights(tensors: dict, folder: str, max_shard_size: int) -> None:
                 {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
+def _give_default_modes(folder: str) -> None:
+    """The modes a plain open() / mkdir() gives under the umask (typically 0644 / 0755), for the folder
+    and everything in it: safetensors writes its files 0600 and mkdtemp makes the folder 0700."""
+    umask = os.umask(0o077)  # the umask can only be read by setting it
+    os.umask(umask)
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+    os.chmod(folder, 0o777 & ~umask)
+
+
 def _write_json(path: str, content: dict) -> None:
     with open(path, "w") as f:
         json.dump(content, f, indent=2, sort_keys=True)
@@ -277,7 +290,7 @@ def export_hf(
         _write_json(os.path.join(tmp, "generation_config.json"),
                     {"_from_model_config": True, **{k: ids.get(k) for k in explicit}})
         _write_weights(tensors, tmp, max_bytes)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _give_default_modes(tmp)
         if os.path.exists(out_dir):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
             os.rename(out_dir, os.path.join(old, "export"))

@@ -31,9 +31,19 @@ def saved_args(path) -> argparse.Namespace:
     return argparse.Namespace(**common["args"])
 
 
+def saved_params_dtype(run_args: argparse.Namespace):
+    """The dtype a run kept its weights in, so the dtype of its checkpoint's weights (megatron's
+    params_dtype): bfloat16 with --bf16, float16 with --fp16, float32 otherwise."""
+    import torch
+
+    return torch.bfloat16 if run_args.bf16 else torch.float16 if run_args.fp16 else torch.float32
+
+
 def load_unsplit_model(load: str):
     """(model in float32 on CPU/GPU, run args, tokenizer or None) from a checkpoint directory
-    (a run's --save root or one iter_XXXXXXX). Initializes a one-rank process group if needed."""
+    (a run's --save root or one iter_XXXXXXX). Initializes a one-rank process group if needed.
+    The run args are the saved ones with a one-process layout, plus ``checkpoint_dtype``: the
+    dtype of the checkpoint's weights (the float32 model holds them exactly)."""
     from megatron.core import dist_checkpointing
 
     from megatron_free.model.model import FreeTransformerModel
@@ -42,6 +52,7 @@ def load_unsplit_model(load: str):
 
     path = resolve_load_dir(load)
     args = saved_args(path)
+    args.checkpoint_dtype = saved_params_dtype(args)
     vars(args).update(_SINGLE_PROCESS)
     tokenizer = build_tokenizer_for(args)
     initialize_distributed(ParallelConfig(), seed=args.seed)

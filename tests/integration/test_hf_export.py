@@ -298,6 +298,11 @@ def test_export_folder_contents(exported):
     for name in expected:
         assert os.path.exists(os.path.join(path, name)), name
     assert sorted(p.name for p in exported["root"].iterdir() if p.name.startswith(".")) == []
+    umask = os.umask(0o077)
+    os.umask(umask)
+    modes = {name: os.stat(os.path.join(path, name)).st_mode & 0o777 for name in os.listdir(path)}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # as any file the user writes (safetensors: 0600)
+    assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask
     with pytest.raises(FileExistsError):
         export_hf(exported["reference"]["free_untied"]["state"], _config(False), path, vocab_size=VOCAB)
 
