@@ -13,7 +13,8 @@ TRAIN_ITERS=20
 EXTRA_ARGS=(--lr-warmup-iters 2 --log-interval 5 --eval-interval 10
             --eval-iters 1 --save-interval 10 --generate-samples 0)
 
-source "$(dirname "$0")/common.sh"
+# Under sbatch, $0 is slurm's copy of this script: find common.sh from the submit directory.
+source "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/launch_scripts/common.sh"
 if [[ "$LAUNCH_MODE" == run ]]; then
     rm -rf "${OUTPUT_ROOT:?}/${RUN_PREFIX}_kappa${SWEEP_VALUE}"  # start fresh every time
     local_launch 2 --exit-interval 10    # saves at iteration 10 and exits 0

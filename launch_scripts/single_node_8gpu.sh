@@ -14,5 +14,6 @@ TRAIN_ITERS=${TRAIN_ITERS:-100}
 EXTRA_ARGS=(--global-batch-size 64 --lr-warmup-iters 10 --eval-interval 50 --eval-iters 2
             --save-interval 50)
 
-source "$(dirname "$0")/common.sh"
+# Under sbatch, $0 is slurm's copy of this script: find common.sh from the submit directory.
+source "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/launch_scripts/common.sh"
 local_launch 8 "$@"

@@ -1,17 +1,18 @@
-"""The paper's launch scripts on a real slurm cluster (tests/integration/slurm_cluster.py: munged,
-slurmctld and slurmd of Debian's slurm-wlm on this machine), submitted with sbatch as a user
-would and checked with slurm's own tools (scontrol show job, squeue, scancel).
+"""The paper's launch scripts on a real slurm cluster (the `slurm` fixture of conftest.py: munged,
+slurmctld and slurmd of Debian's slurm-wlm on this machine, see slurm_cluster.py), submitted with
+sbatch as a user would and checked with slurm's own tools (scontrol show job, scancel).
 
 The job script is free_1p5b_47b.sh with its run (config, sweep, token budget) swapped for the
-tiny toy-task model: its #SBATCH header, its `source .../common.sh` and `slurm_launch` lines are
-the paper script's. sbatch options on the command line override the header where one node with 2
-(device-less) GPUs needs it: --nodes=1, --gpus-per-node=2, --array, --time, --output. The 2
-torchrun workers run on CPU with gloo.
+tiny toy-task model: its #SBATCH header and its `source .../common.sh` and `slurm_launch` lines
+are the paper script's. sbatch options override the header where this cluster needs it: one node
+with 2 GPUs (--nodes=1 --gpus-per-node=2; the node's GPUs are device-less gres, the 2 torchrun
+workers run on CPU with gloo), --array, --time, --signal, --output.
 
-What this cannot cover here, and nothing stands in for: more than one node (slurmd runs once per
-host; the two-node rendezvous of torchrun is tests/integration/test_multinode_torchrun.py), real
-GPUs, pyxis containers (CONTAINER_IMAGE) and slurm's own signal before the time limit (with
---time=1 it would come at a random moment of the job: the USR1 trap is not exercised).
+No stand-ins: srun, scontrol, squeue, sbatch and scancel are slurm's. Not covered here: more than
+one node per job (one slurmd per host; torchrun's two-node rendezvous is test_multinode_torchrun.py),
+real GPUs, pyxis containers (CONTAINER_IMAGE), and the USR1 that --signal=B:USR1@300 sends before
+the limit (in a job of a few minutes slurm sends it at an unpredictable moment, so the tests move
+it past the job's end; the trap that requeues on it is not exercised).
 """
 
 from __future__ import annotations
@@ -19,27 +20,16 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.slurm_cluster import TERMINAL_STATES, missing_binaries, start_cluster
+from tests.integration.slurm_cluster import TERMINAL_STATES
 from tests.tiny import TINY_PRETRAIN_ARGV
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_SCRIPT = REPO / "launch_scripts" / "free_1p5b_47b.sh"
 TRACKER = "latest_checkpointed_iteration.txt"
-
-
-@pytest.fixture(scope="session")
-def slurm():
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"slurm is not installed (no {', '.join(missing)}): .ci/install_slurm.sh installs it")
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
 
 
 def _tiny_flags(*dropped: str) -> list[str]:
@@ -68,17 +58,20 @@ def toy_job(tmp_path: Path, train_iters: int, *extra: str) -> Path:
 
 
 def submit(slurm, tmp_path: Path, script: Path, *options: str, **env: str) -> str:
-    """sbatch from the repository root, as the scripts ask; returns the job id."""
-    job_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    """sbatch from the repository root, as the scripts ask, with this environment (sbatch's
+    default --export=ALL); returns the job id."""
+    job_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "LAUNCH_MODE"}
     job_env.update(
         PATH=f"{Path(sys.executable).parent}:{job_env['PATH']}",  # the python with this project
         OUTPUT_ROOT=str(tmp_path / "runs"), OMP_NUM_THREADS="1", **env)
-    job_env.pop("LAUNCH_MODE", None)
-    return slurm.sbatch("--nodes=1", "--gpus-per-node=2", f"--output={tmp_path}/%x-%A_%a.log",
-                        *options, str(script), cwd=REPO, env=job_env)
+    return slurm.sbatch(f"--output={tmp_path}/%x-%A_%a.log", *options, str(script), cwd=REPO, env=job_env)
 
 
-def job_log(tmp_path: Path, record: dict) -> str:
+# The paper scripts' 4 nodes x 8 GPUs -> this cluster's one node with 2.
+ONE_NODE = ("--nodes=1", "--gpus-per-node=2")
+
+
+def job_log(record: dict) -> str:
     return Path(record["StdOut"]).read_text()
 
 
@@ -86,8 +79,8 @@ def checkpoint_iteration(tmp_path: Path, run: str) -> int:
     return int((tmp_path / "runs" / run / "checkpoints" / TRACKER).read_text())
 
 
-def _summary(records, tmp_path) -> str:
-    return "\n".join(f"{r['JobId']} {r['JobState']} {r['ExitCode']}:\n" + job_log(tmp_path, r)[-3000:]
+def _summary(records) -> str:
+    return "\n".join(f"{r['JobId']} {r['JobState']} {r['ExitCode']}:\n" + job_log(r)[-3000:]
                      for r in records if Path(r["StdOut"]).exists())
 
 
@@ -95,15 +88,15 @@ def _summary(records, tmp_path) -> str:
 def test_array_sweep_trains_one_run_per_task(slurm, tmp_path):
     """--array=0-1 of the paper's header (24 h limit): task 0 trains the baseline, task 1 kappa 1
     bit, each to its planned iteration; scontrol reports both COMPLETED with exit 0."""
-    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=3), "--array=0-1")
+    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=3), *ONE_NODE, "--array=0-1")
     records = slurm.wait(job, timeout=300)
-    summary = _summary(records, tmp_path)
+    summary = _summary(records)
     by_task = {r["ArrayTaskId"]: r for r in records}
     assert sorted(by_task) == ["0", "1"], summary
     for task, run, latent_flag in (("0", "toy_baseline", "--baseline"), ("1", "toy_kappa1", "--free-bits 1")):
         record = by_task[task]
         assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "0"), summary
-        log = job_log(tmp_path, record)
+        log = job_log(record)
         assert "plan: ok train_iters=3 world_size=2" in log, summary
         assert f"run {run}: 1 nodes x 2 GPUs, restart 0:" in log and latent_flag in log, summary
         assert f"run {run} finished at iteration 3" in log, summary
@@ -119,17 +112,17 @@ def test_time_limit_saves_exits_and_the_requeued_job_resumes(slurm, tmp_path):
     --signal=B:USR1@60: the header's 300 s warning would come at once in a 5-minute job. Slurm
     holds a requeued job for 2 minutes (BeginTime, not configurable): the test starts it at once
     with scontrol update StartTime=now."""
-    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=2), "--array=1", "--time=5",
+    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=2), *ONE_NODE, "--array=1", "--time=5",
                  "--signal=B:USR1@60", EXIT_MARGIN_MIN="4.93", MIN_TRAIN_MIN="0")
     (record,) = slurm.wait(job, timeout=240, until=lambda records: records[0]["Reason"] == "BeginTime"
                            or records[0]["JobState"] in TERMINAL_STATES)
-    assert record["Restarts"] == "1", _summary([record], tmp_path)
+    assert record["Restarts"] == "1", _summary([record])
     slurm.command("scontrol", "update", f"JobId={record['JobId']}", "StartTime=now")
     records = slurm.wait(job, timeout=240)
     (record,) = records
-    summary = _summary(records, tmp_path)
+    summary = _summary(records)
     assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), summary
-    log = job_log(tmp_path, record)
+    log = job_log(record)
     first, _, second = log.partition("restart 1:")
     assert re.search(r"--exit-duration-in-mins 0\.0\d+", first), summary
     assert "exiting at iteration 1: ran longer than --exit-duration-in-mins" in first, summary
@@ -144,13 +137,13 @@ def test_scancel_sigterm_saves_and_exits_zero(slurm, tmp_path):
     """`scancel --signal=TERM` while training (slurm signals the torchrun step, not the batch
     shell): the workers finish their iteration, save and exit; the job ends COMPLETED with exit 0,
     its checkpoint at the iteration it stopped at, and is not requeued (a stop, not a time limit)."""
-    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=100000), "--array=1")
+    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=100000), *ONE_NODE, "--array=1")
     (record,) = slurm.wait(job, timeout=240, until=_training_started)
     slurm.command("scancel", "--signal=TERM", record["JobId"])
     records = slurm.wait(job, timeout=120)
     (record,) = records
-    summary = _summary(records, tmp_path)
-    log = job_log(tmp_path, record)
+    summary = _summary(records)
+    log = job_log(record)
     stopped = re.search(r"exiting at iteration (\d+): received SIGTERM", log)
     assert stopped, summary
     assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), summary
@@ -170,14 +163,26 @@ def _training_started(records) -> bool:
 def test_failed_preflight_plan_stops_before_training(slurm, tmp_path):
     """TP 4 on 2 GPUs: the preflight plan (srun on one node) fails with the planner's one-line
     error; the job stops there, FAILED with exit 1, before torchrun and before any checkpoint."""
-    job = submit(slurm, tmp_path, toy_job(tmp_path, 3, "--tensor-model-parallel-size", "4"), "--array=1")
+    job = submit(slurm, tmp_path, toy_job(tmp_path, 3, "--tensor-model-parallel-size", "4"), *ONE_NODE,
+                 "--array=1")
     records = slurm.wait(job, timeout=120)
     (record,) = records
-    summary = _summary(records, tmp_path)
-    log = job_log(tmp_path, record)
+    summary = _summary(records)
+    log = job_log(record)
     assert (record["JobState"], record["ExitCode"]) == ("FAILED", "1:0"), summary
     assert re.search(r"^error: --tensor-model-parallel-size 4 x .* does not divide the world size 2$", log,
                      re.MULTILINE), summary
     assert "error: the planner rejects this run" in log, summary
-    assert "torch.distributed.run" not in log and "run toy_kappa1:" not in log, summary
+    assert "run toy_kappa1:" not in log, summary  # common.sh prints it just before torchrun
     assert not (tmp_path / "runs" / "toy_kappa1" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_cpu_smoke_script_runs_under_sbatch(slurm, tmp_path):
+    """sbatch runs slurm's copy of a script (in its spool directory): cpu_smoke.sh still finds
+    common.sh, from the submit directory; LAUNCH_MODE=plan runs the planner inside the job."""
+    job = submit(slurm, tmp_path, REPO / "launch_scripts" / "cpu_smoke.sh", LAUNCH_MODE="plan")
+    records = slurm.wait(job, timeout=120)
+    (record,) = records
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), _summary(records)
+    assert "plan: ok train_iters=20 world_size=2" in job_log(record), _summary(records)
