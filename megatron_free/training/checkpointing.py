@@ -30,9 +30,9 @@ when the layout is the same (they are per rank).
 
 --load of a run directory with no tracker and no iter_* directory (e.g. a requeued job's
 first start with --load and --save the same; --save is created before the load) starts from
-scratch with a warning, as Megatron-LM does. Anything else --load cannot use (a missing directory, iter_* directories without a
-tracker, a damaged checkpoint, other model shapes) raises CheckpointError: one line naming the
-path and the problem.
+scratch with a warning, as Megatron-LM does. Anything else --load cannot use (a missing
+directory, iter_* directories without a tracker, a damaged checkpoint, other model shapes)
+raises CheckpointError: one line naming the path and the problem.
 """
 
 from __future__ import annotations
@@ -358,8 +358,8 @@ def _checkpoints_not_resumed(root: Path, load, finetune: bool) -> str | None:
 
 def _writer_results_queue_dies_with_this_process() -> None:
     """dist_checkpointing's writers report through the queue of a multiprocessing manager, a
-    process it spawns at the first save; a manager of its own would outlive this process when
-    it is killed (and keep its resource tracker alive), so this one dies with it."""
+    process it spawns at the first save. Its own manager would outlive this process when that
+    is killed (and keep multiprocessing's resource tracker alive): this one dies with it."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
     if filesystem_async._results_queue is None:
