@@ -152,6 +152,26 @@ def test_scancel_sigterm_saves_and_exits_zero(slurm, tmp_path):
     assert record["Restarts"] == "0", summary
 
 
+@pytest.mark.slow
+def test_usr1_before_the_time_limit_requeues_at_once(slurm, tmp_path):
+    """The USR1 that --signal=B:USR1@300 sends the batch shell 5 minutes before the limit (sent
+    here with scancel --batch --signal=USR1: slurm's own comes at an unpredictable moment of a
+    short job): the trap requeues the job while it trains; slurm then stops it, SIGTERM first, and
+    the workers save before the kill; the job is pending again, Restarts=1."""
+    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=100000), *ONE_NODE, "--array=1")
+    (record,) = slurm.wait(job, timeout=240, until=_training_started)
+    slurm.command("scancel", "--batch", "--signal=USR1", record["JobId"])
+    (record,) = slurm.wait(job, timeout=120, until=lambda records: records[0]["JobState"] == "PENDING")
+    summary = _summary([record])
+    log = job_log(record)
+    assert record["Restarts"] == "1", summary
+    assert f"requeueing job {record['JobId']} (5 minutes before the time limit)" in log, summary
+    stopped = re.search(r"exiting at iteration (\d+): received SIGTERM", log)
+    assert stopped, summary
+    assert checkpoint_iteration(tmp_path, "toy_kappa1") == int(stopped[1])
+    slurm.command("scancel", record["JobId"])
+
+
 def _training_started(records) -> bool:
     """The job runs and its log has an iteration line."""
     path = Path(records[0]["StdOut"])
