@@ -2,13 +2,14 @@
 installed by .ci/install_slurm.sh) started under a temporary directory with their own ports and
 state, and stopped at the end.
 
-The node is this machine (localhost) with its CPUs. It also advertises two "gpu" generic
-resources without devices (gres.conf: Count=2, no File), so the launch scripts' #SBATCH
---gpus-per-node is scheduled as on a GPU cluster (submit with --gpus-per-node=2, or 1): slurm sets
+The node is this machine (localhost) with its CPUs. It also has two "gpu" generic resources
+whose device files are copies of /dev/null, so the launch scripts' #SBATCH --gpus-per-node is
+scheduled as on a GPU cluster (submit with --gpus-per-node=2, or 1): slurm sets
 SLURM_GPUS_ON_NODE from it and common.sh starts that many torchrun workers, which run on CPU
 (gloo). No cgroups (proctrack/linuxproc, task/none), no slurmdbd: jobs are looked up with
-``scontrol show job`` (finished jobs stay in slurmctld's memory for MinJobAge) and completions
-are logged by jobcomp/filetxt.
+``scontrol show job`` (finished jobs stay in slurmctld's memory for MinJobAge), and
+jobcomp/filetxt logs each job's end (shown with the daemons' logs when a wait times out).
+Needs root, as slurmd does to start jobs.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class SlurmCluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {path.name} (end)\n" + path.read_text()[-3000:]
-                         for path in sorted((self.root / "log").glob("*.log")))
+                         for path in sorted((self.root / "log").iterdir()) if path.suffix in (".log", ".txt"))
 
     def stop(self) -> None:
         """Cancels what still runs, stops the daemons, then kills whatever they left behind (a
@@ -158,10 +159,13 @@ class SlurmCluster:
                     process.kill()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def start_cluster() -> SlurmCluster:
     """Starts munged, slurmctld and slurmd; returns once the node is idle."""
+    if os.geteuid() != 0:
+        raise RuntimeError("the test slurm cluster needs root: slurmd starts jobs as their user")
     # munged wants every directory above its socket searchable by all (mkdtemp makes 0700).
     root = Path(tempfile.mkdtemp(prefix="slurm-test-"))
     root.chmod(0o755)
