@@ -33,7 +33,10 @@
 #   * if the job still runs 5 minutes before the limit (a slow save), the USR1 trap requeues it
 #     at once: it resumes from the last complete checkpoint (saves are atomic);
 #   * on preemption slurm requeues the job itself (--requeue); the workers get SIGTERM and, with
-#     --exit-signal-handler, save if the grace time allows.
+#     --exit-signal-handler, save if the grace time allows;
+#   * `scancel --signal=TERM <job>` stops a run: the workers save, the job exits 0 and is not
+#     requeued (sbatch the same array index again to resume);
+#   * slurm holds a requeued job for 2 minutes (its BeginTime) before it starts it again.
 
 set -euo pipefail
 
