@@ -105,15 +105,16 @@ def test_array_sweep_trains_one_run_per_task(slurm, tmp_path):
 
 @pytest.mark.slow
 def test_time_limit_saves_exits_and_the_requeued_job_resumes(slurm, tmp_path):
-    """--time=5 and EXIT_MARGIN_MIN 4.93: the margin leaves training ~3 s of the job's time (read
-    from squeue), less than its set-up, so the first run saves and exits 0 after iteration 1,
-    before the limit; the batch script requeues the job (scontrol requeue) and slurm runs it again
-    (Restarts=1, the same log appended): it resumes from the checkpoint to the planned iteration 2.
+    """--time=5 and EXIT_MARGIN_MIN 4.96: the margin leaves training at most 2.4 s of the job's
+    time (read from squeue), less than its set-up (imports alone take longer), so the first run
+    saves and exits 0 after iteration 1, before the limit; the batch script requeues the job
+    (scontrol requeue) and slurm runs it again (Restarts=1, the same log appended): it resumes
+    from the checkpoint to the planned iteration 2.
     --signal=B:USR1@60: the header's 300 s warning would come at once in a 5-minute job. Slurm
     holds a requeued job for 2 minutes (BeginTime, not configurable): the test starts it at once
     with scontrol update StartTime=now."""
     job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=2), *ONE_NODE, "--array=1", "--time=5",
-                 "--signal=B:USR1@60", EXIT_MARGIN_MIN="4.93", MIN_TRAIN_MIN="0")
+                 "--signal=B:USR1@60", EXIT_MARGIN_MIN="4.96", MIN_TRAIN_MIN="0")
     (record,) = slurm.wait(job, timeout=240, until=lambda records: records[0]["Reason"] == "BeginTime"
                            or records[0]["JobState"] in TERMINAL_STATES)
     assert record["Restarts"] == "1", _summary([record])
