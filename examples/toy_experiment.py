@@ -168,17 +168,17 @@ def evaluate_checkpoint(load: str, out: str, groups: int, group_size: int) -> No
     """In this process: load the checkpoint, generate the groups, write the measures as JSON."""
     import torch
 
-    from megatron_free.convert.from_checkpoint import load_unsplit_model
+    from megatron_free.inference.checkpoint import load_for_inference
     from megatron_free.data.toy import LETTERS
     from megatron_free.inference.toy_study import generate_groups, summarize_groups
     from megatron_free.parallel.distributed import destroy_distributed
 
     torch.manual_seed(0)
-    model, run_args, tokenizer = load_unsplit_model(load)
-    latent_bits = None if run_args.baseline else run_args.latent_bits
+    model, description, tokenizer, _, iteration = load_for_inference(load)
+    latent_bits = None if description.baseline else description.latent_bits
     letters = "".join(LETTERS[(7 * i) % len(LETTERS)] for i in range(groups))  # varied prompts
-    result = {"latent_bits": latent_bits, "free_bits": None if run_args.baseline else run_args.free_bits,
-              "train_iters": run_args.train_iters, "letters": letters, "group_size": group_size}
+    result = {"latent_bits": latent_bits, "free_bits": None if description.baseline else description.free_bits,
+              "train_iters": iteration, "letters": letters, "group_size": group_size}
     for setting, shared, seed in (("independent", False, 1000), ("shared", True, 2000)):
         began = time.perf_counter()
         texts = generate_groups([model], tokenizer, letters, group_size, shared_z=shared,

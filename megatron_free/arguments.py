@@ -399,6 +399,8 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         need(args.tokenizer_type is not None, "--data-path needs --tokenizer-type")
     if args.mock_data:
         need(args.vocab_size is not None or args.tokenizer_type, "--mock-data needs --vocab-size or --tokenizer-type")
+    if args.toy_data and args.tokenizer_type is None:
+        args.tokenizer_type = "CharacterTokenizer"  # one token per character of the toy task
     if args.save_interval is not None:
         need(args.save is not None, "--save-interval needs --save")
     if args.keep_last_checkpoints is not None:

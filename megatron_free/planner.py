@@ -113,11 +113,12 @@ def pipeline_stages(args) -> list[tuple[int, int]]:
     ArgumentError if --injection-layer does not start a stage."""
     from megatron_free.config import ConfigError
     from megatron_free.model.model import stage_layer_ranges, validate_injection_boundary
-    from megatron_free.pretrain import build_model_config
+    from megatron_free.run_config import model_description, training_model_config
 
     _check_uneven_pipeline(args)
     try:
-        config = build_model_config(args)
+        # The layer split does not depend on the vocabulary.
+        config = training_model_config(args, model_description(args, vocab_size=0, padded_vocab_size=0))
         validate_injection_boundary(config)
         return stage_layer_ranges(config)
     except ConfigError as e:

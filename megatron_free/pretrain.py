@@ -18,55 +18,6 @@ from megatron_free.arguments import ArgumentError, parse_args
 from megatron_free.errors import EXIT_NON_FINITE, EXIT_USAGE, report_error
 
 
-def build_model_config(args):
-    import torch
-
-    from megatron_free.config import FreeTransformerConfig, llama_style_kwargs
-
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-    kwargs = llama_style_kwargs()
-    kwargs.update(
-        num_layers=args.num_layers, hidden_size=args.hidden_size,
-        ffn_hidden_size=args.ffn_hidden_size, num_attention_heads=args.num_attention_heads,
-        num_query_groups=args.num_query_groups, kv_channels=args.kv_channels,
-        layernorm_epsilon=args.norm_epsilon, init_method_std=args.init_method_std,
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        context_parallel_size=args.context_parallel_size,
-        sequence_parallel=args.sequence_parallel,
-        num_layers_in_first_pipeline_stage=args.decoder_first_pipeline_num_layers,
-        num_layers_in_last_pipeline_stage=args.decoder_last_pipeline_num_layers,
-        pipeline_dtype=dtype, params_dtype=dtype, bf16=args.bf16, fp16=args.fp16,
-        use_cpu_initialization=not torch.cuda.is_available(),
-        recompute_granularity=args.recompute_granularity,
-        recompute_method=args.recompute_method,
-        recompute_num_layers=args.recompute_num_layers,
-        baseline=args.baseline, latent_bits=args.latent_bits, free_bits=args.free_bits,
-        injection_layer=args.injection_layer, mapper_chunk_size=args.mapper_chunk_size,
-    )
-    if args.fp8_format:
-        kwargs.update(fp8=args.fp8_format, fp8_recipe=args.fp8_recipe, fp8_margin=args.fp8_margin,
-                      fp8_amax_history_len=args.fp8_amax_history_len,
-                      fp8_amax_compute_algo=args.fp8_amax_compute_algo)
-    return FreeTransformerConfig(**kwargs)
-
-
-def build_tokenizer_for(args):
-    from megatron_free.data.tokenizers import build_tokenizer, vocab_size_with_padding
-
-    if args.toy_data:
-        tokenizer = build_tokenizer(args.tokenizer_type or "CharacterTokenizer", args.tokenizer_model)
-    elif args.tokenizer_type:
-        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
-    else:
-        tokenizer = None
-    vocab = tokenizer.vocab_size if tokenizer is not None else args.vocab_size
-    args.padded_vocab_size = vocab_size_with_padding(
-        vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
-    )
-    return tokenizer
-
-
 def setup(args):
     """Everything before the loop: process groups, model, wrappers, optimizer, checkpoint,
     data. Returns (model_chunks, optimizer, scheduler, state, train_iter, valid_iter, tokenizer)."""
@@ -77,27 +28,27 @@ def setup(args):
     from megatron_free.model.model import FreeTransformerModel
     from megatron_free.parallel.distributed import ParallelConfig, initialize_distributed
     from megatron_free.parallel.wrap import build_optimizer, install_schedule_hooks, wrap_model
-    from megatron_free.training.checkpointing import claim_save_dir, load_checkpoint
+    from megatron_free.run_config import model_description, tokenizer_config, training_model_config
+    from megatron_free.training.checkpointing import claim_save_dir, load_baseline_decoder, load_checkpoint
     from megatron_free.training.loop import TrainState
     from megatron_free.training.run_report import print_model_and_data
 
-    tokenizer = build_tokenizer_for(args)
-    config = build_model_config(args)
+    try:
+        tokenizer, vocab_size, padded_vocab_size = tokenizer_config(args).build(args.tensor_model_parallel_size)
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    description = model_description(args, vocab_size, padded_vocab_size)
+    args.padded_vocab_size = padded_vocab_size  # for the start report and the FLOP count, which read the flags
+    config = training_model_config(args, description)
     initialize_distributed(
         ParallelConfig(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                        args.context_parallel_size, args.sequence_parallel),
         seed=args.seed, timeout_minutes=args.distributed_timeout_minutes,
     )
-    model = FreeTransformerModel(
-        config, vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
-        transformer_impl=args.transformer_impl, rotary_base=args.rotary_base,
-        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-    )
+    model = FreeTransformerModel.from_description(description, config, transformer_impl=args.transformer_impl)
     initialize_parameters(model, args.seed)
     if args.init_from_baseline:
-        from megatron_free.training.checkpointing import load_baseline_decoder
-
-        load_baseline_decoder(args.init_from_baseline, model, args)
+        load_baseline_decoder(args.init_from_baseline, model)
     model_chunks = [wrap_model(model, config, overlap_grad_reduce=args.overlap_grad_reduce,
                                overlap_param_gather=args.overlap_param_gather,
                                use_distributed_optimizer=args.use_distributed_optimizer)]
@@ -121,7 +72,7 @@ def setup(args):
                    train_samples=args.train_iters * args.global_batch_size, eval_samples=eval_samples,
                    data_path=args.data_path, split=args.split, data_cache_path=args.data_cache_path,
                    mock_data=args.mock_data, toy_data=args.toy_data, num_workers=args.num_workers),
-        tokenizer, args.padded_vocab_size,
+        tokenizer, padded_vocab_size,
     )
     print_model_and_data(args, model_chunks, train_ds, valid_ds)
     dp_rank = parallel_state.get_data_parallel_rank()

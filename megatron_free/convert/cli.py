@@ -12,6 +12,7 @@ otherwise; the last line printed names both.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -38,24 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
+    from megatron_free.errors import EXIT_USAGE, report_error
+
+    if os.path.exists(args.output) and not args.overwrite:  # before the minutes a large checkpoint takes to load
+        return report_error(ValueError(f"--output {args.output} exists: pass --overwrite to replace it"), EXIT_USAGE)
+
     import torch
 
     from megatron_free.convert.export import export_hf
-    from megatron_free.convert.from_checkpoint import load_unsplit_model
-    from megatron_free.errors import EXIT_USAGE, report_error
+    from megatron_free.inference.checkpoint import load_for_inference
     from megatron_free.parallel.distributed import destroy_distributed
     from megatron_free.training.checkpointing import CheckpointError
 
     try:
-        model, run_args, tokenizer = load_unsplit_model(args.load)
-        saved = run_args.checkpoint_dtype
+        model, description, tokenizer, saved, _ = load_for_inference(args.load)
         dtype = saved if args.dtype is None else getattr(torch, args.dtype)
-        vocab_size = tokenizer.vocab_size if tokenizer is not None else run_args.vocab_size
+        vocab_size = tokenizer.vocab_size if tokenizer is not None else description.vocab_size
         path = export_hf(
             model.state_dict(), model.config, args.output, vocab_size=vocab_size,
             tokenizer=tokenizer, max_shard_size=args.max_shard_size,
-            max_position_embeddings=run_args.max_position_embeddings,
-            rope_theta=float(run_args.rotary_base), dtype=dtype, overwrite=args.overwrite,
+            max_position_embeddings=description.max_position_embeddings,
+            rope_theta=float(description.rotary_base), dtype=dtype, overwrite=args.overwrite,
         )
     except (CheckpointError, FileExistsError, ValueError) as e:
         return report_error(e, EXIT_USAGE)

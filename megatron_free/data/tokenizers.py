@@ -15,6 +15,7 @@ Pure Python: this module imports neither torch nor megatron, so worker processes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 __all__ = [
@@ -213,3 +214,23 @@ def vocab_size_with_padding(
         raise ValueError(f"--tensor-model-parallel-size {tensor_model_parallel_size}: must be >= 1")
     multiple = make_vocab_size_divisible_by * tensor_model_parallel_size
     return -(-vocab_size // multiple) * multiple  # integer ceil: Megatron's math.ceil without floats
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """--tokenizer-type / --tokenizer-model (or, without a tokenizer, --vocab-size for mock data) and
+    Megatron's vocabulary padding."""
+
+    tokenizer_type: str | None = None
+    tokenizer_model: str | None = None
+    vocab_size: int | None = None
+    make_vocab_size_divisible_by: int = 128
+
+    def build(self, tensor_model_parallel_size: int = 1) -> tuple[Tokenizer | None, int, int]:
+        """(the tokenizer or None, its vocabulary size, the padded vocabulary the model's embedding has)."""
+        tokenizer = build_tokenizer(self.tokenizer_type, self.tokenizer_model) if self.tokenizer_type else None
+        vocab = tokenizer.vocab_size if tokenizer is not None else self.vocab_size
+        if vocab is None:
+            raise ValueError("no vocabulary: give --tokenizer-type (and --tokenizer-model) or --vocab-size")
+        return tokenizer, vocab, vocab_size_with_padding(vocab, self.make_vocab_size_divisible_by,
+                                                         tensor_model_parallel_size)

@@ -207,16 +207,16 @@ def main(argv=None) -> int:
     import torch
     import torch.distributed as dist
 
-    from megatron_free.convert.from_checkpoint import load_unsplit_model
+    from megatron_free.inference.checkpoint import load_for_inference
     from megatron_free.parallel.distributed import destroy_distributed
     from megatron_free.training.checkpointing import CheckpointError
 
     try:
-        model, run_args, tokenizer = load_unsplit_model(args.load)
+        model, description, tokenizer, *_ = load_for_inference(args.load)
         if tokenizer is None:
             raise ValueError(f"--load {args.load}: the run had no tokenizer (--mock-data): nothing to detokenize")
-        latent_bits = None if run_args.baseline else run_args.latent_bits
-        latent = None if run_args.baseline else args.latent
+        latent_bits = None if description.baseline else description.latent_bits
+        latent = None if description.baseline else args.latent
         records = []
         for index, prompt in enumerate(prompts):
             prompt_ids = tokenizer.tokenize(prompt)

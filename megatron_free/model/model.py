@@ -115,6 +115,18 @@ class FreeTransformerModel(GPTModel):
         # A plain list, not an attribute: assigning the module would register it a second time
         # (and save its weights twice) beside its place in block L/2+1.
         self._latent = [m for m in self.modules() if isinstance(m, FreeLatent)]
+        self.description = None  # what checkpoints say these weights are (set by from_description)
+
+    @classmethod
+    def from_description(cls, description, config: FreeTransformerConfig, transformer_impl: str = "local",
+                         **kwargs) -> "FreeTransformerModel":
+        """This stage of the model a ModelDescription describes (config: from config.build_model_config)."""
+        model = cls(config, vocab_size=description.padded_vocab_size,
+                    max_sequence_length=description.max_position_embeddings, transformer_impl=transformer_impl,
+                    share_embeddings_and_output_weights=description.tie_embeddings,
+                    rotary_base=description.rotary_base, **kwargs)
+        model.description = description
+        return model
 
     @property
     def latent(self) -> Optional[FreeLatent]:

@@ -58,6 +58,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from torch.distributed.checkpoint.api import CheckpointException
 
+from megatron_free.model.description import SHAPE_FLAGS, DescriptionError, ModelDescription
 from megatron_free.parallel.distributed import exit_with_parent
 from megatron_free.training.metrics import is_logging_rank, print_rank_last
 
@@ -65,12 +66,6 @@ TRACKER = "latest_checkpointed_iteration.txt"
 LOCK = "run.lock"
 _ITERATION_DIR = re.compile(r"iter_\d{7}")
 OPTIMIZER_SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
-# Arguments that fix the shapes of the weights: a checkpoint must agree on them to load.
-ARCHITECTURE_ARGS = (
-    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-    "kv_channels", "padded_vocab_size", "untie_embeddings_and_output_weights", "baseline",
-    "latent_bits", "injection_layer",
-)
 
 
 class CheckpointError(RuntimeError):
@@ -233,10 +228,14 @@ def save_checkpoint(root, iteration, model_chunks, optimizer, scheduler, consume
     state.update(
         iteration=iteration,
         consumed_samples=consumed_samples,
-        args={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+        layout=list(_layout_of(vars(args))),
+        weights_dtype=str(unwrap(model_chunks[0]).config.params_dtype).removeprefix("torch."),
         checkpoint_version=1,
         rng_saved=not args.no_save_rng,
     )
+    description = unwrap(model_chunks[0]).description
+    if description is not None:
+        state["model_description"] = description.to_state()
     dist_checkpointing.save(state, str(tmp))
     dist.barrier()  # every rank's shards are written
     if dist.get_rank() == 0:
@@ -410,18 +409,20 @@ def _replace_dir(new: Path, final: Path) -> None:
         os.replace(new, final)
 
 
-def _check_loadable(path: Path, common: dict, args) -> None:
+def saved_description(path: Path, common: dict, flag: str = "--load") -> ModelDescription:
+    """The model a checkpoint holds: its description, or the run flags of an older checkpoint."""
+    try:
+        return ModelDescription.from_checkpoint_state(common)
+    except DescriptionError as e:
+        raise CheckpointError(f"{flag} {path}: {e}") from None
+
+
+def _check_loadable(path: Path, common: dict, description: ModelDescription | None, args) -> None:
     """That the checkpoint's common state fits this run: the same weight shapes, and an
     optimizer state unless this run asks for none (as Megatron-LM, never a silent fresh one)."""
-    saved_args = common.get("args", {})
-    saved_args = vars(saved_args) if isinstance(saved_args, Namespace) else saved_args
-    for name in ARCHITECTURE_ARGS:
-        if name in saved_args and getattr(args, name, None) != saved_args[name]:
-            flag = "--" + name.replace("_", "-")
-            raise CheckpointError(
-                f"--load {path}: checkpoint has {flag} {saved_args[name]}, this run "
-                f"{getattr(args, name, None)}"
-            )
+    if description is not None:
+        for flag, mine, saved in description.shape_differences(saved_description(path, common)):
+            raise CheckpointError(f"--load {path}: checkpoint has {flag} {saved}, this run {mine}")
     if "opt_param_scheduler" not in common and not (args.finetune or args.no_load_optim):
         raise CheckpointError(
             f"--load {path}: the checkpoint holds no optimizer state (saved with --no-save-optim); "
@@ -492,10 +493,10 @@ def load_checkpoint(load, model_chunks, optimizer, scheduler, args) -> tuple[int
         common = dist_checkpointing.load_common_state_dict(str(path))
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - many types for bad files
         raise CheckpointError(f"--load {path}: not a readable checkpoint ({_one_line(e)})") from None
-    _check_loadable(path, common, args)
+    _check_loadable(path, common, unwrap(model_chunks[0]).description, args)
     weights_only = args.finetune
     with_optimizer = not (weights_only or args.no_load_optim)
-    saved_layout = _layout_of(common.get("args", {}))
+    saved_layout = tuple(common["layout"]) if "layout" in common else _layout_of(common.get("args", {}))
     with_rng = not (weights_only or args.no_load_rng) and saved_layout == _layout_of(vars(args))
     state = _sharded_state(
         model_chunks, optimizer, scheduler,
@@ -558,7 +559,7 @@ def _restore_rng(rng: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(rng["tracker"])
 
 
-def load_baseline_decoder(load, model, args) -> None:
+def load_baseline_decoder(load, model) -> None:
     """Initializes a Free Transformer's decoder (every weight but the latent's) from a baseline
     checkpoint; the encoder, mapper and post-sampler keep their fresh initialization."""
     path = resolve_load_dir(load, "--init-from-baseline")
@@ -566,15 +567,13 @@ def load_baseline_decoder(load, model, args) -> None:
         common = dist_checkpointing.load_common_state_dict(str(path))
     except (Exception, CheckpointException) as e:  # noqa: BLE001
         raise CheckpointError(f"--init-from-baseline {path}: not a readable checkpoint ({_one_line(e)})") from None
-    saved = common.get("args", {})
-    if not saved.get("baseline", False):
+    saved = saved_description(path, common, "--init-from-baseline")
+    if not saved.baseline:
         raise CheckpointError(f"--init-from-baseline {path}: not a baseline checkpoint (it was "
                               f"trained without --baseline)")
-    shapes = {k: saved[k] for k in ARCHITECTURE_ARGS if k in saved and k not in ("baseline", "latent_bits", "injection_layer")}
-    for name, value in shapes.items():
-        if getattr(args, name, None) != value:
-            raise CheckpointError(f"--init-from-baseline {path}: checkpoint has "
-                                  f"--{name.replace('_', '-')} {value}, this run {getattr(args, name, None)}")
+    decoder_fields = [f for f in SHAPE_FLAGS if f not in ("baseline", "latent_bits", "injection_layer")]
+    for flag, mine, theirs in model.description.shape_differences(saved, decoder_fields):
+        raise CheckpointError(f"--init-from-baseline {path}: checkpoint has {flag} {theirs}, this run {mine}")
     decoder_state = {k: v for k, v in model.sharded_state_dict().items() if ".latent." not in k}
     try:
         loaded = dist_checkpointing.load({"model": decoder_state}, str(path))["model"]

@@ -29,10 +29,10 @@ def _train_and_save(save_dir, *extra):
 
 def _megatron_logits(load_dir, tokens, codes):
     """Logits of the checkpoint loaded unsplit, for given codes (in a spawned rank)."""
-    from megatron_free.convert.from_checkpoint import load_unsplit_model
+    from megatron_free.inference.checkpoint import load_for_inference
     from megatron_free.model.latent import LatentControl
 
-    model, _, tokenizer = load_unsplit_model(load_dir)
+    model, _, tokenizer, *_ = load_for_inference(load_dir)
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)
     with torch.no_grad():
         logits = model(tokens, positions, None, latent_seeds=torch.arange(tokens.shape[0]),
@@ -115,7 +115,8 @@ def test_export_loads_with_tokenizer_and_generates(run_dir):
 
 @pytest.mark.slow
 def test_generate_cli_and_bad_load(run_dir, tmp_path):
-    """megatron-free-generate prints samples; a missing checkpoint is a one-line error, exit 2."""
+    """megatron-free-generate prints samples; a missing checkpoint, or an existing --output without
+    --overwrite, is a one-line error, exit 2."""
     result = _cli("megatron_free.inference.generate", "--load", str(run_dir / "ckpt"), "--prompt", "K>",
                   "--num-samples", "2", "--max-new-tokens", "5", "--latent", "fixed-seed")
     assert result.returncode == 0, result.stderr
@@ -124,6 +125,8 @@ def test_generate_cli_and_bad_load(run_dir, tmp_path):
     missing = _cli("megatron_free.convert.cli", "--load", str(tmp_path / "nope"), "--output", str(tmp_path / "hf"))
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith("error: --load")
+    exists = _cli("megatron_free.convert.cli", "--load", str(run_dir / "ckpt"), "--output", str(run_dir / "hf"))
+    assert (exists.returncode, exists.stderr) == (2, f"error: --output {run_dir / 'hf'} exists: pass --overwrite to replace it\n")
 
 
 @pytest.mark.slow
@@ -145,11 +148,11 @@ def test_prior_default_for_likelihood_scoring(run_dir):
 def _greedy_with_codes_and_replay(load_dir, prompt, codes, num_tokens):
     """Greedy generation with explicit codes, and the argmax of one forward over its output with
     the same codes (a causal model: position t sees tokens and codes up to t only)."""
-    from megatron_free.convert.from_checkpoint import load_unsplit_model
+    from megatron_free.inference.checkpoint import load_for_inference
     from megatron_free.inference.generate import generate
     from megatron_free.model.latent import LatentControl
 
-    model, _, tokenizer = load_unsplit_model(load_dir)
+    model, _, tokenizer, *_ = load_for_inference(load_dir)
     (post_sampler,) = [p for name, p in model.named_parameters() if name.endswith("post_sampler")]
     with torch.no_grad():
         post_sampler.normal_(0.0, 10.0, generator=torch.Generator().manual_seed(0))  # Z must matter

@@ -118,22 +118,49 @@ def test_saving_an_existing_iteration_again(tmp_path):
 
 
 def _run_args(**overrides):
-    args = dict(hidden_size=32, latent_bits=6, finetune=False, no_load_optim=False)
+    args = dict(finetune=False, no_load_optim=False)
     return Namespace(**{**args, **overrides})
 
 
+def _description(**overrides):
+    from megatron_free.model.description import ModelDescription
+
+    fields = dict(num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                  kv_channels=None, max_position_embeddings=66, rotary_base=10000, norm_epsilon=1e-5,
+                  tie_embeddings=True, vocab_size=30, padded_vocab_size=32, tokenizer_type="CharacterTokenizer",
+                  tokenizer_model=None, baseline=False, latent_bits=6, free_bits=0.25, injection_layer=3)
+    return ModelDescription(**{**fields, **overrides})
+
+
 def test_common_state_must_fit_the_run(tmp_path):
-    """Other weight shapes fail; a checkpoint without optimizer state needs --no-load-optim or
-    --finetune rather than resuming with a silently fresh optimizer."""
-    saved = {"args": {"hidden_size": 32, "latent_bits": 6}, "opt_param_scheduler": {}}
-    _check_loadable(tmp_path, saved, _run_args())
+    """Other weight shapes fail (kappa may change); a checkpoint without optimizer state needs
+    --no-load-optim or --finetune rather than resuming with a silently fresh optimizer."""
+    saved = {"model_description": _description().to_state(), "opt_param_scheduler": {}}
+    _check_loadable(tmp_path, saved, _description(free_bits=1.0), _run_args())
     with pytest.raises(CheckpointError, match="checkpoint has --latent-bits 6, this run 8$"):
-        _check_loadable(tmp_path, saved, _run_args(latent_bits=8))
-    without_optimizer = {"args": saved["args"]}
+        _check_loadable(tmp_path, saved, _description(latent_bits=8), _run_args())
+    without_optimizer = {"model_description": saved["model_description"]}
     with pytest.raises(CheckpointError, match="holds no optimizer state .* give --no-load-optim"):
-        _check_loadable(tmp_path, without_optimizer, _run_args())
-    _check_loadable(tmp_path, without_optimizer, _run_args(no_load_optim=True))
-    _check_loadable(tmp_path, without_optimizer, _run_args(finetune=True))
+        _check_loadable(tmp_path, without_optimizer, _description(), _run_args())
+    _check_loadable(tmp_path, without_optimizer, _description(), _run_args(no_load_optim=True))
+    _check_loadable(tmp_path, without_optimizer, _description(), _run_args(finetune=True))
+
+
+def test_checkpoints_before_the_description_still_describe_their_model(tmp_path):
+    """An older checkpoint's run flags (vars(args)) give its description; neither: one line."""
+    from megatron_free.model.description import ModelDescription
+
+    flags = dict(num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                 kv_channels=None, max_position_embeddings=66, rotary_base=10000, norm_epsilon=1e-5,
+                 untie_embeddings_and_output_weights=False, padded_vocab_size=32, toy_data=True,
+                 tokenizer_type=None, tokenizer_model=None, baseline=False, latent_bits=6, free_bits=0.25,
+                 injection_layer=3, vocab_size=None)
+    legacy = {"args": flags, "opt_param_scheduler": {}}
+    assert ModelDescription.from_checkpoint_state(legacy).shape_differences(_description()) == []
+    assert ModelDescription.from_checkpoint_state(legacy).tokenizer_type == "CharacterTokenizer"
+    _check_loadable(tmp_path, legacy, _description(), _run_args())
+    with pytest.raises(CheckpointError, match="holds neither a model description nor run arguments"):
+        _check_loadable(tmp_path, {"opt_param_scheduler": {}}, _description(), _run_args())
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -9,10 +9,14 @@ import pytest
 import torch
 
 from megatron_free.arguments import ArgumentError
-from megatron_free.pretrain import build_model_config
+from megatron_free.run_config import model_description, training_model_config
 from tests.tiny import tiny_args
 
 FP8 = ("--bf16", "--transformer-impl", "transformer_engine")
+
+
+def build_model_config(args):
+    return training_model_config(args, model_description(args, vocab_size=30, padded_vocab_size=32))
 
 
 @pytest.mark.parametrize("fmt, recipe", [("hybrid", "delayed"), ("e4m3", "tensorwise")])

@@ -1,0 +1,54 @@
+"""The validated pretrain flags (arguments.py) as the typed configs each component takes: the model's
+description and its build settings, the tokenizer. Built once by the entry points, after parsing (the
+flags are parsed before torch and megatron-core are imported)."""
+
+from __future__ import annotations
+
+import argparse
+
+from megatron_free.config import FreeTransformerConfig, PrecisionConfig, RecomputeConfig, StageLayout, build_model_config
+from megatron_free.data.tokenizers import TokenizerConfig
+from megatron_free.model.description import ModelDescription
+
+
+def tokenizer_config(args: argparse.Namespace) -> TokenizerConfig:
+    return TokenizerConfig(tokenizer_type=args.tokenizer_type, tokenizer_model=args.tokenizer_model,
+                           vocab_size=args.vocab_size, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by)
+
+
+def model_description(args: argparse.Namespace, vocab_size: int, padded_vocab_size: int) -> ModelDescription:
+    """What this run's checkpoints will say their weights are."""
+    return ModelDescription(
+        num_layers=args.num_layers, hidden_size=args.hidden_size, ffn_hidden_size=args.ffn_hidden_size,
+        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
+        kv_channels=args.kv_channels, max_position_embeddings=args.max_position_embeddings,
+        rotary_base=args.rotary_base, norm_epsilon=args.norm_epsilon,
+        tie_embeddings=not args.untie_embeddings_and_output_weights, vocab_size=vocab_size,
+        padded_vocab_size=padded_vocab_size, tokenizer_type=args.tokenizer_type,
+        tokenizer_model=args.tokenizer_model, baseline=args.baseline, latent_bits=args.latent_bits,
+        free_bits=args.free_bits, injection_layer=args.injection_layer,
+    )
+
+
+def stage_layout(args: argparse.Namespace) -> StageLayout:
+    return StageLayout(
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        context_parallel_size=args.context_parallel_size, sequence_parallel=args.sequence_parallel,
+        first_stage_layers=args.decoder_first_pipeline_num_layers,
+        last_stage_layers=args.decoder_last_pipeline_num_layers,
+    )
+
+
+def precision_config(args: argparse.Namespace) -> PrecisionConfig:
+    return PrecisionConfig(bf16=args.bf16, fp16=args.fp16, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe,
+                           fp8_margin=args.fp8_margin, fp8_amax_history_len=args.fp8_amax_history_len,
+                           fp8_amax_compute_algo=args.fp8_amax_compute_algo)
+
+
+def training_model_config(args: argparse.Namespace, description: ModelDescription) -> FreeTransformerConfig:
+    """The model config of a training run (or its dry-run plan): its layout, precision and recomputation."""
+    return build_model_config(
+        description, stage_layout(args), precision_config(args),
+        RecomputeConfig(args.recompute_granularity, args.recompute_method, args.recompute_num_layers),
+        init_method_std=args.init_method_std, mapper_chunk_size=args.mapper_chunk_size)
