@@ -269,7 +269,8 @@ class _Encoder:
 
     @property
     def slow_reason(self) -> str | None:
-        """Why every document goes through the tokenizer's own encode, None when the fast path is on."""
+        """Why a sentencepiece model is encoded by sentencepiece throughout; None when the fast path is on,
+        turned off (--no-fast-tokenizer) or not for this tokenizer (byte, character, HuggingFace)."""
         if self.fast is None:
             return None
         return self.fast.reason
