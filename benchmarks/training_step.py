@@ -185,7 +185,7 @@ def _worker(conn, argv: list[str], threads: int | None) -> None:
         if threads:
             torch.set_num_threads(threads)
         from megatron_free.arguments import parse_args
-        from megatron_free.parallel.distributed import destroy_distributed
+        from megatron_free.parallel.distributed import destroy_distributed, select_device
         from megatron_free.pretrain import setup
         from megatron_free.training.loop import train_step
         from megatron_free.training.step import make_forward_step
@@ -194,6 +194,7 @@ def _worker(conn, argv: list[str], threads: int | None) -> None:
         process = psutil.Process()
         rss_imports = process.memory_info().rss
         args = parse_args(argv, world_size=1)
+        select_device()
         model_chunks, optimizer, scheduler, _, train_iter, _, _ = setup(args)
         rss_setup = process.memory_info().rss
         parameters = sum(p.numel() for chunk in model_chunks for p in chunk.parameters())

@@ -171,9 +171,10 @@ def evaluate_checkpoint(load: str, out: str, groups: int, group_size: int) -> No
     from megatron_free.inference.checkpoint import load_for_inference
     from megatron_free.data.toy import LETTERS
     from megatron_free.inference.toy_study import generate_groups, summarize_groups
-    from megatron_free.parallel.distributed import destroy_distributed
+    from megatron_free.parallel.distributed import destroy_distributed, select_device
 
     torch.manual_seed(0)
+    select_device()
     model, description, tokenizer, _, iteration = load_for_inference(load)
     latent_bits = None if description.baseline else description.latent_bits
     letters = "".join(LETTERS[(7 * i) % len(LETTERS)] for i in range(groups))  # varied prompts

@@ -138,16 +138,17 @@ def main(argv=None) -> int:
     import torch
 
     from megatron_free.config import ConfigError
-    from megatron_free.parallel.distributed import destroy_distributed
+    from megatron_free.parallel.distributed import destroy_distributed, select_device
     from megatron_free.training.checkpointing import CheckpointError
     from megatron_free.training.loop import NonFiniteError
 
     try:
-        if args.dry_run:
+        if args.dry_run:  # the plan needs no device
             from megatron_free.planner import print_plan
 
             print_plan(args)
             return 0
+        select_device()
         run(args)
     except (ArgumentError, ConfigError, CheckpointError, FileNotFoundError) as e:
         return report_error(e, EXIT_USAGE)

@@ -34,8 +34,9 @@ def _rank_main(rank, world_size, port, fn, args, results):
     # Ranks share 2 cores: one intra-op thread each keeps them from oversubscribing.
     torch.set_num_threads(1)
     try:
-        from megatron_free.parallel.distributed import _init_process_group
+        from megatron_free.parallel.distributed import _init_process_group, select_device
 
+        select_device()
         _init_process_group(timeout_minutes=5)
         # Serialized to bytes: tensors put on a queue travel as shared-memory handles that die
         # with this process.

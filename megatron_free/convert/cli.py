@@ -48,9 +48,10 @@ def main(argv=None) -> int:
 
     from megatron_free.convert.export import export_hf
     from megatron_free.inference.checkpoint import load_for_inference
-    from megatron_free.parallel.distributed import destroy_distributed
+    from megatron_free.parallel.distributed import destroy_distributed, select_device
     from megatron_free.training.checkpointing import CheckpointError
 
+    select_device()
     try:
         model, description, tokenizer, saved, _ = load_for_inference(args.load)
         dtype = saved if args.dtype is None else getattr(torch, args.dtype)

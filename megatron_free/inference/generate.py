@@ -208,9 +208,10 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     from megatron_free.inference.checkpoint import load_for_inference
-    from megatron_free.parallel.distributed import destroy_distributed
+    from megatron_free.parallel.distributed import destroy_distributed, select_device
     from megatron_free.training.checkpointing import CheckpointError
 
+    select_device()
     try:
         model, description, tokenizer, *_ = load_for_inference(args.load)
         if tokenizer is None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_free.parallel.cpu_runtime import enable_cpu_runtime
+from megatron_free.parallel.cpu_runtime import cpu_runtime_enabled, enable_cpu_runtime
 
 
 class ParallelSizeError(ValueError):
@@ -129,16 +129,26 @@ def _exit_with_forking_parent() -> None:
     exit_with_parent(*_forking_parent)
 
 
+def select_device() -> str:
+    """This process's device, chosen by each entry point (and tests/harness.py) before megatron-core
+    is used: its GPU (torchrun's LOCAL_RANK), or, on a machine without CUDA, the CPU runtime
+    (parallel/cpu_runtime.py), which megatron-core needs to run there at all."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        return "cuda"
+    enable_cpu_runtime()
+    return "cpu"
+
+
 def _init_process_group(timeout_minutes: int) -> str:
     """Joins torchrun's process group (or makes a one-process one). Returns the backend."""
     if dist.is_initialized():
         return dist.get_backend()
-    tie_process_lifetimes()
     use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    else:
-        enable_cpu_runtime()
+    if not use_cuda and not cpu_runtime_enabled():
+        raise RuntimeError("no CUDA and no CPU runtime: call megatron_free.parallel.distributed.select_device() "
+                           "first (every entry point does)")
+    tie_process_lifetimes()
     backend = "nccl" if use_cuda else "gloo"
     if "RANK" not in os.environ:
         # A plain `python -m ...` run: a single-rank group on a free local port.
