@@ -27,8 +27,11 @@ def setup(args):
     from megatron_free.model.init import initialize_parameters
     from megatron_free.model.model import FreeTransformerModel
     from megatron_free.parallel.distributed import ParallelConfig, initialize_distributed
-    from megatron_free.parallel.wrap import build_optimizer, install_schedule_hooks, wrap_model
-    from megatron_free.run_config import model_description, tokenizer_config, training_model_config
+    from megatron_free.parallel.wrap import parallelize
+    from megatron_free.run_config import (
+        data_parallel_settings, model_description, optimizer_settings, schedule_settings, tokenizer_config,
+        training_model_config,
+    )
     from megatron_free.training.checkpointing import claim_save_dir, load_baseline_decoder, load_checkpoint
     from megatron_free.training.loop import TrainState
     from megatron_free.training.run_report import print_model_and_data
@@ -49,11 +52,8 @@ def setup(args):
     initialize_parameters(model, args.seed)
     if args.init_from_baseline:
         load_baseline_decoder(args.init_from_baseline, model)
-    model_chunks = [wrap_model(model, config, overlap_grad_reduce=args.overlap_grad_reduce,
-                               overlap_param_gather=args.overlap_param_gather,
-                               use_distributed_optimizer=args.use_distributed_optimizer)]
-    optimizer, scheduler = build_optimizer(model_chunks, args)
-    install_schedule_hooks(model_chunks, optimizer, args.overlap_grad_reduce, args.overlap_param_gather)
+    model_chunks, optimizer, scheduler = parallelize(
+        model, config, data_parallel_settings(args), optimizer_settings(args), schedule_settings(args))
 
     state = TrainState()
     if args.save:  # one run at a time, never over checkpoints it does not resume from

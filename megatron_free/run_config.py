@@ -1,5 +1,5 @@
 """The validated pretrain flags (arguments.py) as the typed configs each component takes: the model's
-description and its build settings, the tokenizer. Built once by the entry points, after parsing (the
+description and its build settings, the tokenizer, data parallelism, the optimizer and its schedule. Built once by the entry points, after parsing (the
 flags are parsed before torch and megatron-core are imported)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import argparse
 from megatron_free.config import FreeTransformerConfig, PrecisionConfig, RecomputeConfig, StageLayout, build_model_config
 from megatron_free.data.tokenizers import TokenizerConfig
 from megatron_free.model.description import ModelDescription
+from megatron_free.parallel.wrap import DataParallelSettings, OptimizerSettings, ScheduleSettings
 
 
 def tokenizer_config(args: argparse.Namespace) -> TokenizerConfig:
@@ -52,3 +53,21 @@ def training_model_config(args: argparse.Namespace, description: ModelDescriptio
         description, stage_layout(args), precision_config(args),
         RecomputeConfig(args.recompute_granularity, args.recompute_method, args.recompute_num_layers),
         init_method_std=args.init_method_std, mapper_chunk_size=args.mapper_chunk_size)
+
+
+def data_parallel_settings(args: argparse.Namespace) -> DataParallelSettings:
+    return DataParallelSettings(use_distributed_optimizer=args.use_distributed_optimizer,
+                                overlap_grad_reduce=args.overlap_grad_reduce,
+                                overlap_param_gather=args.overlap_param_gather)
+
+
+def optimizer_settings(args: argparse.Namespace) -> OptimizerSettings:
+    return OptimizerSettings(lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+                             adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+                             clip_grad=args.clip_grad)
+
+
+def schedule_settings(args: argparse.Namespace) -> ScheduleSettings:
+    return ScheduleSettings(global_batch_size=args.global_batch_size, train_iters=args.train_iters,
+                            lr_decay_iters=args.lr_decay_iters, lr_warmup_iters=args.lr_warmup_iters,
+                            lr_decay_style=args.lr_decay_style)

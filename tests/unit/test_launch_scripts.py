@@ -18,7 +18,8 @@ from megatron_free.planner import GIB, plan, pipeline_stages
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_DIR = REPO / "launch_scripts"
 SHELL_SCRIPTS = sorted(LAUNCH_DIR.glob("*.sh"))
-LAUNCH_SCRIPTS = [p for p in SHELL_SCRIPTS if p.name != "common.sh"]
+# preprocess_*.sh preprocess data on CPU nodes (tests/unit/test_preprocess_launch.py), they launch no training
+LAUNCH_SCRIPTS = [p for p in SHELL_SCRIPTS if p.name != "common.sh" and not p.name.startswith("preprocess_")]
 SLURM_SCRIPTS = [p for p in LAUNCH_SCRIPTS if "#SBATCH" in p.read_text()]
 
 
