@@ -667,7 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input", nargs="+", required=True, help="files or globs ('**' recursive); .gz is read as gzip")
     g.add_argument("--input-format", choices=INPUT_FORMATS, default="jsonl",
                    help="jsonl: one JSON object per line; text-lines: one document per line (blank lines "
-                        "skipped); text-files: one document per file (default: jsonl)")
+                        "skipped); text-files: one document per file; parquet: one document per row (the "
+                        "--json-keys columns); arrow: a HuggingFace datasets save_to_disk folder or its .arrow "
+                        "files (default: jsonl)")
     g.add_argument("--json-keys", nargs="+", default=["text"],
                    help="JSON keys to tokenize, one output pair each (text formats: the output name) (default: text)")
     g.add_argument("--skip-bad-lines", action="store_true",
@@ -682,9 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-prefix", required=True, help="output path prefix, without _{key}_document.bin")
     g.add_argument("--workers", type=int, default=1, help="tokenizer processes in all (default: 1)")
     g.add_argument("--partitions", type=int, default=1,
-                   help="split the input into this many contiguous parts encoded by separate processes "
-                        "(with --workers/--partitions workers each), then merged; costs one more read of the "
-                        "input to count its lines (default: 1)")
+                   help="split this run's input into this many contiguous parts by byte position, encoded "
+                        "by separate processes (with --workers/--partitions workers each), then merged "
+                        "(default: 1)")
     g.add_argument("--log-interval-seconds", type=float, default=10.0,
                    help="seconds between progress log lines when stderr is not a terminal (default: 10)")
     g.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None,
