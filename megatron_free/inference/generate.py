@@ -52,11 +52,11 @@ def _latent_codes_of_prompt(model_chunks):
     import torch.distributed as dist
     from megatron.core import parallel_state
 
+    from megatron_free.model.model import latent_modules
+
     codes = None
-    for chunk in model_chunks:
-        for module in chunk.modules():
-            if getattr(module, "last_codes", None) is not None:
-                codes = module.last_codes.t().contiguous()
+    for latent in latent_modules(model_chunks):
+        codes = latent.last_codes.t().contiguous()
     found = torch.tensor([codes is not None], device=_device(), dtype=torch.long)
     shape = torch.tensor(codes.shape if codes is not None else (0, 0), device=_device())
     group = parallel_state.get_pipeline_model_parallel_group()

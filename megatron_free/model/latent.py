@@ -148,7 +148,7 @@ class FreeLatent(MegatronModule):
     def bit_logits(self, hidden_states, rotary_pos_emb):
         """The encoder's bit logits o [s, b, H] for X (sequence-sharded under SP)."""
         queries = self.zeta.to(hidden_states.dtype).expand_as(hidden_states)
-        encoded, _ = self.encoder(queries, context=hidden_states, rotary_pos_emb=rotary_pos_emb)
+        encoded = self.encoder.split_input_forward(queries, kv_input=hidden_states, rotary_pos_emb=rotary_pos_emb)
         return self.readout(self.readout_norm(encoded))
 
     def forward(self, hidden_states, seeds: torch.Tensor, rotary_pos_emb=None):
@@ -224,9 +224,10 @@ class LatentInjectionLayer(SplitInputTransformerLayer):
     """Decoder block L/2+1 with the latent inside: q from X, kv from X + R.
 
     Its own parameters are exactly a plain decoder layer's (a baseline checkpoint loads into
-    them); the latent adds ``latent.*``. The per-sample latent seeds arrive as megatron's
-    ``context`` argument, a tensor that TransformerBlock threads through every layer call and
-    every activation-recompute checkpoint, so recomputation draws the same codes.
+    them); the latent adds ``latent.*``. In the TransformerBlock, megatron's ``context`` argument,
+    which the block threads through every layer call and every activation-recompute checkpoint,
+    carries the per-sample latent seeds (so recomputation draws the same codes); the plain layers
+    ignore it.
     """
 
     def __init__(self, config, submodules, layer_number=1, encoder_spec=None, **kwargs):
@@ -234,15 +235,14 @@ class LatentInjectionLayer(SplitInputTransformerLayer):
         self.latent = FreeLatent(config, encoder_spec)
 
     def forward(self, hidden_states, attention_mask=None, context=None, rotary_pos_emb=None, **kwargs):
-        seeds = context
-        if seeds is None:
+        latent_seeds = context
+        if latent_seeds is None:
             raise ValueError("the Free Transformer's forward needs latent_seeds")
-        residual_r, kl_loss = self.latent(hidden_states, seeds, rotary_pos_emb)
+        if kwargs.get("inference_context") is not None or kwargs.get("packed_seq_params") is not None:
+            raise NotImplementedError("the split-input layer runs without megatron inference")
+        residual_r, kl_loss = self.latent(hidden_states, latent_seeds, rotary_pos_emb)
         kv_input = hidden_states + residual_r
         if kl_loss is not None and torch.is_grad_enabled():
             kv_input = _AttachAuxLoss.apply(kv_input, kl_loss, self.latent.control.kl_loss_scale)
-        output, _ = super().forward(
-            hidden_states, attention_mask=attention_mask, context=kv_input,
-            rotary_pos_emb=rotary_pos_emb, **kwargs,
-        )
-        return output, seeds
+        output = self.split_input_forward(hidden_states, kv_input, attention_mask, rotary_pos_emb)
+        return output, latent_seeds

@@ -77,6 +77,21 @@ def decoder_block_spec(config: FreeTransformerConfig, transformer_impl: str) -> 
     return TransformerBlockSubmodules(layer_specs=specs, layer_norm=final_norm_spec(transformer_impl))
 
 
+def unwrap(model):
+    """The FreeTransformerModel inside DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def latent_modules(model_chunks) -> list:
+    """The latent of each (wrapped) chunk whose pipeline stage holds block L/2+1: the one way to
+    reach it. Its side channel, read after forward calls: ``control`` (how the next calls get their
+    Z), ``kl_report`` (KL statistics since the last report), ``sequence_log_q`` (each sample's
+    log Q(Z|S) when recorded) and ``last_codes`` (the codes of the last call, [s, b])."""
+    return [unwrap(chunk).latent for chunk in model_chunks if unwrap(chunk).latent is not None]
+
+
 class FreeTransformerModel(GPTModel):
     """GPTModel whose block L/2+1 carries the Free Transformer's latent (absent for a baseline).
 

@@ -37,10 +37,25 @@ class SplitInputSelfAttention(SelfAttention):
 class SplitInputTransformerLayer(TransformerLayer):
     """A pre-norm transformer layer: out = h + Attn(q=norm(h), kv=norm(kv_input)), then the MLP.
 
-    ``kv_input`` arrives as megatron's ``context`` argument, which TransformerBlock threads through
-    every layer call and activation-recompute checkpoint; plain layers ignore it (their
-    cross-attention is an identity).
+    ``split_input_forward`` names its inputs. ``forward`` is megatron's TransformerLayer call, for a layer
+    that sits in a TransformerBlock: there the keys/values input arrives as megatron's ``context``
+    argument, which the block threads through every layer call and activation-recompute checkpoint.
     """
+
+    def split_input_forward(self, hidden_states, kv_input, attention_mask=None, rotary_pos_emb=None):
+        """The layer's output for queries (and the residual) from ``hidden_states``, keys/values from
+        ``kv_input`` (both [s, b, D])."""
+        stacked = torch.cat([hidden_states, kv_input], dim=1)
+        attention_output_with_bias = self.self_attention(
+            self.input_layernorm(stacked),
+            attention_mask=attention_mask,
+            rotary_pos_emb=rotary_pos_emb,
+        )
+        with self.bias_dropout_add_exec_handler():
+            hidden_states = self.self_attn_bda(self.training, self.config.bias_dropout_fusion)(
+                attention_output_with_bias, hidden_states, self.hidden_dropout
+            )
+        return self._forward_mlp(hidden_states)
 
     def forward(
         self,
@@ -57,14 +72,4 @@ class SplitInputTransformerLayer(TransformerLayer):
             raise ValueError(f"layer {self.layer_number} needs the keys/values input (context)")
         if inference_context is not None or packed_seq_params is not None:
             raise NotImplementedError("the split-input layer runs without megatron inference")
-        stacked = torch.cat([hidden_states, context], dim=1)
-        attention_output_with_bias = self.self_attention(
-            self.input_layernorm(stacked),
-            attention_mask=attention_mask,
-            rotary_pos_emb=rotary_pos_emb,
-        )
-        with self.bias_dropout_add_exec_handler():
-            hidden_states = self.self_attn_bda(self.training, self.config.bias_dropout_fusion)(
-                attention_output_with_bias, hidden_states, self.hidden_dropout
-            )
-        return self._forward_mlp(hidden_states), context
+        return self.split_input_forward(hidden_states, context, attention_mask, rotary_pos_emb), context

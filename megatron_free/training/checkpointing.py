@@ -59,6 +59,8 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_free.model.description import SHAPE_FLAGS, DescriptionError, ModelDescription
+# Checkpoint keys carry no wrapper prefixes: a checkpoint loads whatever wrappers (precision, DP) the next run uses.
+from megatron_free.model.model import unwrap
 from megatron_free.parallel.distributed import exit_with_parent
 from megatron_free.training.metrics import is_logging_rank, print_rank_last
 
@@ -129,14 +131,6 @@ def _rank_rng_state(include: bool) -> dict:
         parallel_state.get_data_parallel_rank(),
     )
     return {"rng_state": ShardedObject("rng_state", rng, layout, position, replica_id=0)}
-
-
-def unwrap(model):
-    """The FreeTransformerModel inside DDP / Float16Module: checkpoint keys carry no wrapper
-    prefixes, so a checkpoint loads whatever wrappers (precision, DP) the next run uses."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def _allocate_adam_state(optimizer) -> None:

@@ -14,6 +14,7 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_free.model.latent import LatentControl
+from megatron_free.model.model import latent_modules
 
 
 def batch_to_device(batch: dict, device) -> dict:
@@ -73,15 +74,6 @@ def make_forward_step(latent_mode: str = "posterior", kl_loss_scale: float = 1.0
         return output, partial(loss_func, batch["loss_mask"], per_sequence=per_sequence)
 
     return forward_step
-
-
-def latent_modules(model_chunks):
-    from megatron_free.model.latent import FreeLatent
-
-    for chunk in model_chunks:
-        for module in chunk.modules():
-            if isinstance(module, FreeLatent):
-                yield module
 
 
 def latent_report(model_chunks) -> dict:
