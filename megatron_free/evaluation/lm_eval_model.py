@@ -74,6 +74,8 @@ class FreeTransformerLM(TemplateLM):
                  latent_seed: int = 0, context_latent: str = "posterior", trust_remote_code: bool = True,
                  **kwargs):
         super().__init__()
+        import transformers
+        from packaging.version import Version
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if context_latent not in CONTEXT_LATENTS:
@@ -93,9 +95,11 @@ class FreeTransformerLM(TemplateLM):
             # lm_eval's --device defaults to cuda: without a GPU fall back to the CPU, as its hf model does.
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = torch.device(device)
+        # from_pretrained's dtype is torch_dtype before transformers 4.56, which warns on the old name.
+        dtype_name = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
         self.model = AutoModelForCausalLM.from_pretrained(
             pretrained, trust_remote_code=trust_remote_code,
-            dtype="auto" if dtype == "auto" else _DTYPES[dtype]).to(self._device).eval()
+            **{dtype_name: "auto" if dtype == "auto" else _DTYPES[dtype]}).to(self._device).eval()
         if getattr(self.model.config, "model_type", None) != "free_transformer":
             raise ValueError(f"pretrained={pretrained} is a {self.model.config.model_type!r} model, not a Free "
                              "Transformer export: evaluate it with --model hf")
