@@ -32,6 +32,8 @@ __all__ = ["export_hf", "parse_size", "MODELING_FILES"]
 
 MODELING_DIR = Path(__file__).parent / "hf_modeling"
 MODELING_FILES = ("configuration_free_transformer.py", "modeling_free_transformer.py")
+# What the tokenizer returns, all the model takes: no token_type_ids (which generate() of 4.x refuses).
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -165,6 +167,7 @@ def _write_character_tokenizer(tokenizer, folder: str, max_position_embeddings: 
     special = {"eos_token": "</s>", "pad_token": "</s>"}
     _write_json(os.path.join(folder, "tokenizer_config.json"), {
         "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+        "model_input_names": MODEL_INPUT_NAMES,
         "model_max_length": int(max_position_embeddings), **special,
     })
     _write_json(os.path.join(folder, "special_tokens_map.json"), special)
@@ -230,6 +233,7 @@ def _write_tokenizer(tokenizer, folder: str, max_position_embeddings: int, vocab
         "split_special_tokens": True,
         "legacy": True,
         "clean_up_tokenization_spaces": False,
+        "model_input_names": MODEL_INPUT_NAMES,
         "model_max_length": int(max_position_embeddings),
         **{k: v for k, v in special.items() if v is not None},
     })

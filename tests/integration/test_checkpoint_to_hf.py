@@ -106,9 +106,9 @@ def test_export_loads_with_tokenizer_and_generates(run_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "hf", trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(run_dir / "hf", trust_remote_code=True)
-    prompt = tokenizer("K>", return_tensors="pt").input_ids
-    assert prompt.tolist() == [[12, 28]]
-    out = model.generate(prompt, max_new_tokens=8, do_sample=True, latent_seed=3)
+    inputs = tokenizer("K>", return_tensors="pt")  # as README.md: all of it, not just input_ids
+    assert inputs.input_ids.tolist() == [[12, 28]] and set(inputs) == {"input_ids", "attention_mask"}
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=True, latent_seed=3)
     text = tokenizer.decode(out[0], skip_special_tokens=True)
     assert text.startswith("K>") and set(text) <= set("_!>ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
