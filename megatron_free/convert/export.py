@@ -31,6 +31,7 @@ from megatron_free.convert.hf_mapping import hf_config_from, megatron_to_hf
 __all__ = ["export_hf", "parse_size", "MODELING_FILES"]
 
 MODELING_DIR = Path(__file__).parent / "hf_modeling"
+LATENT_RNG = Path(__file__).parents[1] / "model" / "latent_rng.py"
 MODELING_FILES = ("configuration_free_transformer.py", "modeling_free_transformer.py")
 # What the tokenizer returns, all the model takes: no token_type_ids (which generate() of 4.x refuses).
 MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
@@ -291,6 +292,8 @@ def export_hf(
         if not megatron_config.baseline:
             for name in MODELING_FILES:
                 shutil.copyfile(MODELING_DIR / name, os.path.join(tmp, name))
+            # The one latent RNG (training's), imported by the modeling code as .latent_rng.
+            shutil.copyfile(LATENT_RNG, os.path.join(tmp, "latent_rng.py"))
         _write_json(os.path.join(tmp, "generation_config.json"),
                     {"_from_model_config": True, **{k: ids.get(k) for k in explicit}})
         _write_weights(tensors, tmp, max_bytes)

@@ -179,3 +179,40 @@ def test_generation_with_explicit_codes_follows_them(run_dir):
     assert ids.shape == (3, 14) and torch.equal(ids[:, :2], prompt)
     assert torch.equal(ids[:, 2:], replay[:, 1:])
     assert torch.equal(ids[0], ids[1])
+
+
+def _megatron_draws(load_dir, prompt, num_tokens, latent, seed):
+    """megatron-free-generate's generate() on the checkpoint loaded unsplit (greedy, latent seed ``seed``),
+    and the codes its encoder draws for the prompt with that seed."""
+    from megatron_free.inference.checkpoint import load_for_inference
+    from megatron_free.inference.generate import generate
+    from megatron_free.model.latent import LatentControl
+    from megatron_free.model.latent_rng import sample_seeds
+
+    model, description, tokenizer, *_ = load_for_inference(load_dir)
+    ids = generate([model], prompt, num_tokens, latent=latent, latent_bits=description.latent_bits, seed=seed,
+                   temperature=0, vocab_size=tokenizer.vocab_size)
+    positions = torch.arange(prompt.shape[1]).expand_as(prompt)
+    with torch.no_grad():
+        model(prompt, positions, None, latent_seeds=sample_seeds(seed, prompt.shape[0]),
+              latent=LatentControl("posterior"))
+    return ids, model.latent.last_codes.t()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("megatron_latent, hf_latent_mode", [("posterior-prompt", "posterior"), ("uniform", "prior")])
+def test_checkpoint_and_export_draw_the_same_latent(run_dir, megatron_latent, hf_latent_mode):
+    """One latent RNG: for the same prompt and latent seed, the checkpoint (megatron-free-generate's
+    generate()) and its HF export draw the same codes (the encoder's for the prompt, uniform ones after
+    it) and give the same greedy tokens."""
+    from transformers import AutoModelForCausalLM
+
+    prompt = torch.tensor([[12, 28, 0, 0, 1, 0, 12, 12, 12, 12, 0, 0], [5, 28, 0, 0, 0, 5, 5, 5, 5, 1, 5, 5]])
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf", trust_remote_code=True)
+    with torch.no_grad():
+        exported = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
+                                  do_sample=False, latent_mode=hf_latent_mode, latent_seed=5)
+        codes = {seed: model(prompt, latent_mode="posterior", latent_seed=seed).latent_codes for seed in (5, 6)}
+    (ids, megatron_codes), = run_ranks(1, _megatron_draws, str(run_dir / "ckpt"), prompt, 12, megatron_latent, 5)
+    assert torch.equal(ids, exported)
+    assert torch.equal(megatron_codes, codes[5]) and not torch.equal(codes[5], codes[6])

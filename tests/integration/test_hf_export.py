@@ -294,7 +294,8 @@ def test_export_folder_contents(exported):
     shards = set(index["weight_map"].values())
     assert len(shards) > 1 and all(os.path.exists(os.path.join(path, s)) for s in shards)
     assert "model.latent.post_sampler" in index["weight_map"]
-    expected = ("generation_config.json", "tokenizer.model", "tokenizer.json", "modeling_free_transformer.py")
+    expected = ("generation_config.json", "tokenizer.model", "tokenizer.json", "modeling_free_transformer.py",
+                "latent_rng.py")
     for name in expected:
         assert os.path.exists(os.path.join(path, name)), name
     assert sorted(p.name for p in exported["root"].iterdir() if p.name.startswith(".")) == []

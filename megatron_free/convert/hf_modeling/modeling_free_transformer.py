@@ -1,6 +1,7 @@
 """The Free Transformer (Fleuret 2025) for HuggingFace transformers, copied into every exported folder.
 
-Self-contained (imports only torch and transformers), loaded with ``trust_remote_code=True``:
+Imports only torch, transformers and latent_rng.py beside it (megatron_free/model/latent_rng.py, copied by
+the export: the random numbers of training), loaded with ``trust_remote_code=True``:
 
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)  # v5 reads config.json too
@@ -48,6 +49,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_free_transformer import FreeTransformerConfig
+from .latent_rng import posterior_codes, prior_codes, sample_seeds
 
 LATENT_MODES = ("posterior", "prior", "given")
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
@@ -56,59 +58,15 @@ _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 CACHE_NAME = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
-# --------------------------------------------------------------------------------------------------
-# Stateless random numbers: a 32-bit integer hash (lowbias32) on int64 tensors, so no product overflows.
-_MASK32 = 0xFFFFFFFF
-_POSTERIOR_STREAM, _PRIOR_STREAM = 0x51ED270B, 0x2C1B3C6D
-
-
-def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
-    """(x * m) mod 2^32 for x in [0, 2^32), in two 16-bit halves of m (products stay below 2^49)."""
-    return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & _MASK32
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    x = x & _MASK32
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _uniforms(seeds: torch.Tensor, positions: torch.Tensor, num_bits: int, stream: int) -> torch.Tensor:
-    """U[0,1) float64 [b, s, H] from (seed [b], position [b, s], bit, stream), 32 random bits each."""
-    key = _hash32(_hash32(seeds & _MASK32) ^ ((seeds >> 32) & _MASK32) ^ stream)  # [b]
-    key = _hash32(key[:, None] ^ _hash32(positions.long() + 0x9E3779B9))  # [b, s]
-    bits = torch.arange(1, num_bits + 1, device=seeds.device, dtype=torch.long)
-    draws = _hash32(key[..., None] ^ _mul32(bits, 0x85EBCA6B))  # [b, s, H]
-    return draws.double() / 2.0**32
-
-
-def _bits_to_codes(bits: torch.Tensor) -> torch.Tensor:
-    """[..., H] of 0/1 -> [...] int64 codes; bit h has weight 2^h."""
-    shifts = torch.arange(bits.shape[-1], device=bits.device)
-    return (bits.long() << shifts).sum(-1)
-
-
-def sample_posterior_codes(bit_logits, seeds, positions):
-    """Codes with bit h ~ Bernoulli(sigmoid(bit_logits[..., h])): [b, s, H] -> [b, s]."""
-    probs = torch.sigmoid(bit_logits.detach().double())
-    return _bits_to_codes(_uniforms(seeds, positions, bit_logits.shape[-1], _POSTERIOR_STREAM) < probs)
-
-
-def sample_uniform_codes(seeds, positions, num_bits):
-    """Codes uniform over [0, 2^num_bits): [b, s]."""
-    return _bits_to_codes(_uniforms(seeds, positions, num_bits, _PRIOR_STREAM) < 0.5)
-
-
+# Random numbers: latent_rng.py beside this file (the export copies megatron_free/model/latent_rng.py),
+# the stateless hash of (seed, position, bit) the training run drew its codes with.
 def _per_sample_seeds(latent_seed, batch_size: int, device) -> torch.Tensor:
     """[b] int64 seeds: a [b] tensor as given; a scalar seed hashed with each sample's batch index."""
     if latent_seed is None:
         return torch.randint(0, 2**62, (batch_size,), dtype=torch.long).to(device)
     seed = torch.as_tensor(latent_seed, dtype=torch.long, device=device)
     if seed.dim() == 0:
-        return ((_hash32(seed) & 0x7FFFFFFF) << 32) | torch.arange(batch_size, device=device)
+        return sample_seeds(seed, batch_size, device)
     seed = seed.reshape(-1)
     if seed.numel() != batch_size:
         raise ValueError(f"latent_seed has {seed.numel()} seeds for a batch of {batch_size}")
@@ -385,8 +343,8 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
             # The prompt: its Z from the encoder, non-causal over the prompt only.
             key_padding = None if attention_mask is None else attention_mask[:, :s]
             bit_logits = self.latent.bit_logits(hidden, cos, sin, key_padding)
-            return sample_posterior_codes(bit_logits, seeds, position_ids), bit_logits
-        fresh = sample_uniform_codes(seeds, position_ids[:, num_given:], self.config.latent_bits)
+            return posterior_codes(bit_logits, seeds, position_ids), bit_logits
+        fresh = prior_codes(seeds, position_ids[:, num_given:], self.config.latent_bits)
         if num_given:
             fresh = torch.cat([latent_codes[:, past: past + num_given].to(hidden.device).long(), fresh], 1)
         return fresh, None
