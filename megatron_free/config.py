@@ -9,6 +9,8 @@ from typing import Optional
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_free.parallel.distributed import ParallelConfig
+
 LOG2 = math.log(2.0)
 
 
@@ -106,12 +108,9 @@ class PrecisionConfig:
 
 @dataclass(frozen=True)
 class StageLayout:
-    """Tensor/pipeline/context parallel sizes as the model sees them, with uneven first/last stages."""
+    """The parallel layout as the model sees it: the parallel sizes, and uneven first/last stages."""
 
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    context_parallel_size: int = 1
-    sequence_parallel: bool = False
+    parallel: ParallelConfig = ParallelConfig()
     first_stage_layers: Optional[int] = None
     last_stage_layers: Optional[int] = None
 
@@ -138,9 +137,10 @@ def build_model_config(description, layout: StageLayout = StageLayout(), precisi
         ffn_hidden_size=description.ffn_hidden_size, num_attention_heads=description.num_attention_heads,
         num_query_groups=description.num_query_groups, kv_channels=description.kv_channels,
         layernorm_epsilon=description.norm_epsilon, init_method_std=init_method_std,
-        tensor_model_parallel_size=layout.tensor_model_parallel_size,
-        pipeline_model_parallel_size=layout.pipeline_model_parallel_size,
-        context_parallel_size=layout.context_parallel_size, sequence_parallel=layout.sequence_parallel,
+        tensor_model_parallel_size=layout.parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=layout.parallel.pipeline_model_parallel_size,
+        context_parallel_size=layout.parallel.context_parallel_size,
+        sequence_parallel=layout.parallel.sequence_parallel,
         num_layers_in_first_pipeline_stage=layout.first_stage_layers,
         num_layers_in_last_pipeline_stage=layout.last_stage_layers,
         pipeline_dtype=dtype, params_dtype=dtype, bf16=precision.bf16, fp16=precision.fp16,

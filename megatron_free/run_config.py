@@ -9,6 +9,7 @@ import argparse
 from megatron_free.config import FreeTransformerConfig, PrecisionConfig, RecomputeConfig, StageLayout, build_model_config
 from megatron_free.data.tokenizers import TokenizerConfig
 from megatron_free.model.description import ModelDescription
+from megatron_free.parallel.distributed import ParallelConfig
 from megatron_free.parallel.wrap import DataParallelSettings, OptimizerSettings, ScheduleSettings
 
 
@@ -33,9 +34,8 @@ def model_description(args: argparse.Namespace, vocab_size: int, padded_vocab_si
 
 def stage_layout(args: argparse.Namespace) -> StageLayout:
     return StageLayout(
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        context_parallel_size=args.context_parallel_size, sequence_parallel=args.sequence_parallel,
+        ParallelConfig(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                       args.context_parallel_size, args.sequence_parallel),
         first_stage_layers=args.decoder_first_pipeline_num_layers,
         last_stage_layers=args.decoder_last_pipeline_num_layers,
     )
