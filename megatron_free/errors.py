@@ -96,3 +96,21 @@ def _write_torchelastic_error_file(kind: str, line: str, exit_code: int) -> None
                                                                  "timestamp": str(int(time.time()))}}}, f)
     except OSError:
         pass  # the summary then shows torchrun's own text
+
+
+# What megatron-core says on every import or model build where these are expected: on a CPU machine
+# (no Transformer Engine or apex: megatron-core falls back to plain PyTorch, as this project means it
+# to) and about a TransformerConfig default this project does not set. Each appears once per rank.
+_EXPECTED_WARNINGS = (
+    r".*(Apex|Transformer Engine).* not installed",
+    r"full scope is deprecated",
+)
+
+
+def silence_expected_warnings() -> None:
+    """Called by the entry points before megatron-core is imported: its expected notices, not the
+    run's, would otherwise open every log."""
+    import warnings
+
+    for message in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)

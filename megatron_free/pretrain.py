@@ -15,7 +15,7 @@ import os
 import sys
 
 from megatron_free.arguments import ArgumentError, parse_args
-from megatron_free.errors import EXIT_NON_FINITE, EXIT_USAGE, report_error
+from megatron_free.errors import EXIT_NON_FINITE, EXIT_USAGE, report_error, silence_expected_warnings
 
 
 def setup(args):
@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     except ArgumentError as e:
         return report_error(e, EXIT_USAGE)
 
+    silence_expected_warnings()
     import torch
 
     from megatron_free.config import ConfigError

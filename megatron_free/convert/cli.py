@@ -39,11 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
-    from megatron_free.errors import EXIT_USAGE, report_error
+    from megatron_free.errors import EXIT_USAGE, report_error, silence_expected_warnings
 
     if os.path.exists(args.output) and not args.overwrite:  # before the minutes a large checkpoint takes to load
         return report_error(ValueError(f"--output {args.output} exists: pass --overwrite to replace it"), EXIT_USAGE)
 
+    silence_expected_warnings()
     import torch
 
     from megatron_free.convert.export import export_hf

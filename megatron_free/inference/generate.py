@@ -190,7 +190,7 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
 
-    from megatron_free.errors import EXIT_USAGE, report_error
+    from megatron_free.errors import EXIT_USAGE, report_error, silence_expected_warnings
 
     prompts = list(args.prompt)
     try:
@@ -204,6 +204,7 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         return report_error(e, EXIT_USAGE)
 
+    silence_expected_warnings()
     import torch
     import torch.distributed as dist
 
