@@ -10,8 +10,11 @@ import sys
 
 
 def main() -> int:
-    import megatron_free.evaluation.lm_eval_model  # noqa: F401 - registers "free_transformer"
     from lm_eval.__main__ import cli_evaluate
+    from lm_eval.api.registry import model_registry
+
+    # Registered lazily, as lm-eval registers its own models: --help imports neither torch nor the model.
+    model_registry.register("free_transformer", target="megatron_free.evaluation.lm_eval_model:FreeTransformerLM")
 
     cli_evaluate()
     return 0

@@ -10,7 +10,7 @@ import pytest
 from megatron_free import arguments
 from megatron_free.inference import generate
 from megatron_free.convert import cli as convert_cli
-from megatron_free.data import preprocess, train_tokenizer
+from megatron_free.data import merge_datasets, preprocess, train_tokenizer
 
 # [project.scripts] of pyproject.toml
 CONSOLE_SCRIPTS = {
@@ -19,6 +19,7 @@ CONSOLE_SCRIPTS = {
     "megatron-free-preprocess": "megatron_free.data.preprocess",
     "megatron-free-train-tokenizer": "megatron_free.data.train_tokenizer",
     "megatron-free-generate": "megatron_free.inference.generate",
+    "megatron-free-merge-datasets": "megatron_free.data.merge_datasets",
 }
 PARSERS = {
     "megatron-free-convert-hf": convert_cli.build_parser,
@@ -26,6 +27,7 @@ PARSERS = {
     "megatron-free-preprocess": preprocess.build_parser,
     "megatron-free-train-tokenizer": train_tokenizer.build_parser,
     "megatron-free-generate": generate.build_parser,
+    "megatron-free-merge-datasets": merge_datasets.build_parser,
 }
 
 # Runs the module as its console script does, then reports what --help had imported.
@@ -43,6 +45,24 @@ def test_help_exits_zero_without_torch_or_megatron(script):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"usage: {script}" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "IMPORTED []", result.stdout[-500:]
+
+
+def test_every_console_script_is_checked():
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == set(CONSOLE_SCRIPTS) | {"megatron-free-lm-eval"}
+
+
+def test_lm_eval_help_imports_neither_torch_nor_the_model():
+    """megatron-free-lm-eval is lm-eval's own command line (its flags, its help), with free_transformer
+    registered lazily."""
+    probe = HELP_PROBE.format(script="megatron-free-lm-eval", module="megatron_free.evaluation")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: lm-eval" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "IMPORTED []", result.stdout[-500:]
 
 
