@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,11 +119,17 @@ def test_time_limit_saves_exits_and_the_requeued_job_resumes(slurm, tmp_path):
     (record,) = slurm.wait(job, timeout=240, until=lambda records: records[0]["Reason"] == "BeginTime"
                            or records[0]["JobState"] in TERMINAL_STATES)
     assert record["Restarts"] == "1", _summary([record])
-    slurm.command("scontrol", "update", f"JobId={record['JobId']}", "StartTime=now")
+    # The requeue killed the first run's processes: let the node finish with them (COMPLETING) before
+    # the second run starts, and give that run room (10 minutes) so it resumes however slow its start.
+    deadline = time.monotonic() + 120
+    while slurm.command("sinfo", "-h", "-o", "%T").strip() != "idle" and time.monotonic() < deadline:
+        time.sleep(1)
+    slurm.command("scontrol", "update", f"JobId={record['JobId']}", "StartTime=now", "TimeLimit=10")
     records = slurm.wait(job, timeout=240)
     (record,) = records
     summary = _summary(records)
-    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), summary
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), \
+        summary + "\n" + slurm.logs()
     log = job_log(record)
     first, _, second = log.partition("restart 1:")
     assert re.search(r"--exit-duration-in-mins 0\.0\d+", first), summary
