@@ -178,11 +178,11 @@ class FreeTransformerLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         pairs = [self._truncated(ctx, cont) for _, ctx, cont in requests]
         results = []
-        for batch in self._batches(pairs):
-            results.extend(self._score(batch, self.context_latent))
-            for (request, _, _), result in zip(requests[len(results) - len(batch): len(results)],
-                                               results[-len(batch):]):
-                self.cache_hook.add_partial("loglikelihood", request, result)
+        for start in range(0, len(pairs), self.batch_size_per_call):
+            scores = self._score(pairs[start: start + self.batch_size_per_call], self.context_latent)
+            for (request, _, _), score in zip(requests[start:], scores):
+                self.cache_hook.add_partial("loglikelihood", request, score)
+            results.extend(scores)
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
