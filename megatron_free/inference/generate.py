@@ -79,7 +79,7 @@ def generate(model_chunks, prompt_ids, num_tokens: int, *, latent="uniform", lat
     import torch.distributed as dist
 
     from megatron_free.model.latent import LatentControl
-    from megatron_free.model.latent_rng import prior_codes, sample_seeds
+    from megatron_free.model.latent_rng import prior_codes, sample_seeds, sequence_positions
 
     if latent not in GENERATION_LATENTS:
         raise ValueError(f"--latent must be one of {GENERATION_LATENTS}, got {latent!r}")
@@ -101,7 +101,7 @@ def generate(model_chunks, prompt_ids, num_tokens: int, *, latent="uniform", lat
                                  f"(rows x prompt + new tokens)")
             control = None
         elif latent_bits is not None:
-            codes = prior_codes(seeds, torch.arange(total, device=device).expand(batch, total), latent_bits).cpu()
+            codes = prior_codes(seeds, sequence_positions(batch, total, device), latent_bits).cpu()
             if latent == "posterior-prompt":
                 _forward_logits(model_chunks, tokens, LatentControl(mode="posterior"), seeds)
                 codes[:, :prompt_len] = _latent_codes_of_prompt(model_chunks).cpu()

@@ -25,7 +25,7 @@ import itertools
 import torch
 
 from megatron_free.data.toy import BODY_LENGTH, NOISE_CHAR, PROMPT_LENGTH, parse_toy_sample
-from megatron_free.model.latent_rng import prior_codes, sample_seeds
+from megatron_free.model.latent_rng import prior_codes, sample_seeds, sequence_positions
 from megatron_free.training.metrics import print_rank_last
 
 
@@ -113,7 +113,7 @@ def generate_groups(model_chunks, tokenizer, letters: str, group_size: int, *, s
     codes = None
     if latent_bits is not None:
         rows = len(letters) if shared_z else len(letters) * group_size
-        codes = prior_codes(sample_seeds(seed, rows), torch.arange(total).expand(rows, total), latent_bits)
+        codes = prior_codes(sample_seeds(seed, rows), sequence_positions(rows, total), latent_bits)
         if shared_z:
             codes = codes.repeat_interleave(group_size, dim=0)
     ids = generate(model_chunks, prompt, BODY_LENGTH, seed=seed, codes=codes,

@@ -89,7 +89,9 @@ class ModelDescription:
                 max_position_embeddings=flags["max_position_embeddings"], rotary_base=flags["rotary_base"],
                 norm_epsilon=flags["norm_epsilon"],
                 tie_embeddings=not flags.get("untie_embeddings_and_output_weights", False),
-                vocab_size=flags.get("tokenizer_vocab_size") or flags.get("vocab_size") or flags["padded_vocab_size"],
+                # Older checkpoints kept no tokenizer vocabulary: --vocab-size (mock data) or the padded one;
+                # inference and the export take the tokenizer's own.
+                vocab_size=flags.get("vocab_size") or flags["padded_vocab_size"],
                 padded_vocab_size=flags["padded_vocab_size"],
                 tokenizer_type=flags.get("tokenizer_type") or ("CharacterTokenizer" if flags.get("toy_data") else None),
                 tokenizer_model=flags.get("tokenizer_model"),

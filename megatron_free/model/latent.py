@@ -36,7 +36,7 @@ from megatron.core.transformer.module import MegatronModule
 
 from megatron_free.config import FreeTransformerConfig
 from megatron_free.model.binary_mapper import binary_mapper_post_sampler
-from megatron_free.model.latent_rng import posterior_codes, prior_codes
+from megatron_free.model.latent_rng import posterior_codes, prior_codes, sequence_positions
 from megatron_free.model.losses import codes_log_prob, free_bits_kl, kl_per_token
 from megatron_free.model.split_input_layer import SplitInputTransformerLayer
 
@@ -76,22 +76,17 @@ class _AttachAuxLoss(torch.autograd.Function):
         return grad_output, torch.full_like(aux_loss, ctx.scale), None
 
 
-def _positions(seq_len: int, batch: int, device) -> torch.Tensor:
-    """Each token's position in its sequence, [b, s]: the latent RNG's counter."""
-    return torch.arange(seq_len, device=device).expand(batch, seq_len)
-
-
 def _draw_posterior_codes(bit_logits: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     """bit_logits [s, b, H] (the whole sequence) -> codes [s, b], on the logits' device."""
     seq_len, batch = bit_logits.shape[:2]
     seeds = seeds.to(bit_logits.device)
-    codes = posterior_codes(bit_logits.transpose(0, 1), seeds, _positions(seq_len, batch, bit_logits.device))
+    codes = posterior_codes(bit_logits.transpose(0, 1), seeds, sequence_positions(batch, seq_len, bit_logits.device))
     return codes.t()
 
 
 def _draw_prior_codes(seq_len: int, num_bits: int, seeds: torch.Tensor, device) -> torch.Tensor:
     seeds = seeds.to(device)
-    return prior_codes(seeds, _positions(seq_len, seeds.shape[0], device), num_bits).t()
+    return prior_codes(seeds, sequence_positions(seeds.shape[0], seq_len, device), num_bits).t()
 
 
 class FreeLatent(MegatronModule):

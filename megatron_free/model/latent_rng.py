@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["POSTERIOR_STREAM", "PRIOR_STREAM", "latent_uniforms", "posterior_codes", "prior_codes",
-           "bits_to_codes", "hash32", "sample_seeds"]
+           "bits_to_codes", "hash32", "sample_seeds", "sequence_positions"]
 
 _MASK32 = 0xFFFFFFFF
 POSTERIOR_STREAM, PRIOR_STREAM = 0x51ED270B, 0x2C1B3C6D
@@ -75,3 +75,8 @@ def sample_seeds(latent_seed: int, batch_size: int, device=None) -> Tensor:
     index in the batch in the low ones (samples differ; the same seed gives the same Z everywhere)."""
     seed = torch.as_tensor(latent_seed, dtype=torch.long, device=device)
     return ((hash32(seed) & 0x7FFFFFFF) << 32) | torch.arange(batch_size, device=device)
+
+
+def sequence_positions(batch_size: int, seq_len: int, device=None) -> Tensor:
+    """[b, s] positions 0 .. s-1 of unpadded sequences: the RNG's counter for each token."""
+    return torch.arange(seq_len, device=device).expand(batch_size, seq_len)
