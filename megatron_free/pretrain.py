@@ -32,7 +32,9 @@ def setup(args):
         data_parallel_settings, model_description, optimizer_settings, schedule_settings, tokenizer_config,
         training_model_config,
     )
-    from megatron_free.training.checkpointing import claim_save_dir, load_baseline_decoder, load_checkpoint
+    from megatron_free.training.checkpointing import (
+        claim_save_dir, load_baseline_decoder, load_checkpoint, resumed_padded_vocab_size,
+    )
     from megatron_free.training.loop import TrainState
     from megatron_free.training.run_report import print_model_and_data
 
@@ -40,6 +42,9 @@ def setup(args):
         tokenizer, vocab_size, padded_vocab_size = tokenizer_config(args).build(args.tensor_model_parallel_size)
     except ValueError as e:
         raise ArgumentError(str(e)) from None
+    if args.load and os.path.exists(args.load):  # (a first run's --load = --save does not exist yet)
+        padded_vocab_size = resumed_padded_vocab_size(
+            args.load, vocab_size, args.tensor_model_parallel_size) or padded_vocab_size
     description = model_description(args, vocab_size, padded_vocab_size)
     args.padded_vocab_size = padded_vocab_size  # for the start report and the FLOP count, which read the flags
     config = training_model_config(args, description)

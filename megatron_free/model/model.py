@@ -77,6 +77,15 @@ def decoder_block_spec(config: FreeTransformerConfig, transformer_impl: str) -> 
     return TransformerBlockSubmodules(layer_specs=specs, layer_norm=final_norm_spec(transformer_impl))
 
 
+def mask_vocabulary_padding(logits: torch.Tensor, first_id: int, vocab_size: int) -> torch.Tensor:
+    """logits [..., n] of the ids first_id .. first_id + n - 1, with the ids >= vocab_size (the rows
+    Megatron pads the vocabulary with, more of them under more TP) at -inf: they take no probability
+    in the softmax, so losses and samples are the tokenizer's vocabulary's under any layout, and an
+    export that drops the padding rows computes the same probabilities."""
+    padding = torch.arange(first_id, first_id + logits.shape[-1], device=logits.device) >= vocab_size
+    return logits.masked_fill(padding, float("-inf"))
+
+
 def unwrap(model):
     """The FreeTransformerModel inside DDP / Float16Module wrappers."""
     while hasattr(model, "module"):
@@ -98,6 +107,9 @@ class FreeTransformerModel(GPTModel):
     forward(...) takes GPTModel's arguments plus ``latent_seeds`` ([b] int64, one seed per
     sample, required by the Free Transformer) and ``latent`` (a LatentControl: mode, given codes,
     KL gradient scale).
+
+    ``vocab_size`` is the rows of the embedding and output layer (Megatron's padded vocabulary);
+    ``unpadded_vocab_size`` the tokenizer's, whose ids alone get probability (None: every row's).
     """
 
     def __init__(
@@ -110,8 +122,11 @@ class FreeTransformerModel(GPTModel):
         post_process: Optional[bool] = None,
         share_embeddings_and_output_weights: bool = False,
         rotary_base: int = 10000,
+        unpadded_vocab_size: Optional[int] = None,
     ):
         validate_injection_boundary(config)
+        if unpadded_vocab_size is not None and not 0 < unpadded_vocab_size <= vocab_size:
+            raise ConfigError(f"a vocabulary of {unpadded_vocab_size} does not fit {vocab_size} rows")
         if pre_process is None:
             pre_process = parallel_state.is_pipeline_first_stage()
         if post_process is None:
@@ -131,6 +146,21 @@ class FreeTransformerModel(GPTModel):
         # (and save its weights twice) beside its place in block L/2+1.
         self._latent = [m for m in self.modules() if isinstance(m, FreeLatent)]
         self.description = None  # what checkpoints say these weights are (set by from_description)
+        if self.post_process and unpadded_vocab_size is not None and unpadded_vocab_size < vocab_size:
+            # On the output layer itself, so the loss (vocabulary-parallel: each TP rank's slice) and
+            # the logits returned for sampling (gathered or not) both leave the padding out.
+            self.output_layer.register_forward_hook(self._mask_padding_hook(vocab_size, unpadded_vocab_size))
+
+    @staticmethod
+    def _mask_padding_hook(padded_vocab_size: int, vocab_size: int):
+        def mask(module, inputs, output):
+            logits, bias = output
+            if logits.shape[-1] == padded_vocab_size:  # gathered over TP (or TP = 1)
+                first_id = 0
+            else:
+                first_id = parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
+            return mask_vocabulary_padding(logits, first_id, vocab_size), bias
+        return mask
 
     @classmethod
     def from_description(cls, description, config: FreeTransformerConfig, transformer_impl: str = "local",
@@ -139,7 +169,7 @@ class FreeTransformerModel(GPTModel):
         model = cls(config, vocab_size=description.padded_vocab_size,
                     max_sequence_length=description.max_position_embeddings, transformer_impl=transformer_impl,
                     share_embeddings_and_output_weights=description.tie_embeddings,
-                    rotary_base=description.rotary_base, **kwargs)
+                    rotary_base=description.rotary_base, unpadded_vocab_size=description.vocab_size, **kwargs)
         model.description = description
         return model
 

@@ -411,6 +411,31 @@ def saved_description(path: Path, common: dict, flag: str = "--load") -> ModelDe
         raise CheckpointError(f"{flag} {path}: {e}") from None
 
 
+def resumed_padded_vocab_size(load, vocab_size: int, tensor_model_parallel_size: int) -> int | None:
+    """The rows of the vocabulary of the checkpoint --load names, which a run resuming it keeps: the
+    padding is a storage detail (the loss leaves it out), so a checkpoint padded for TP2 resumes under
+    TP1 as it is. None when --load has no checkpoint yet."""
+    path = find_checkpoint(load)
+    if path is None:
+        return None
+    padded = saved_description(path, _common_state(path)).padded_vocab_size
+    if padded < vocab_size:
+        raise CheckpointError(f"--load {path}: the checkpoint's vocabulary has {padded} rows, fewer than "
+                              f"this run's tokenizer's {vocab_size} ids")
+    if padded % tensor_model_parallel_size:
+        raise CheckpointError(f"--load {path}: the checkpoint's vocabulary of {padded} rows (padding "
+                              f"included) does not split over --tensor-model-parallel-size "
+                              f"{tensor_model_parallel_size}")
+    return padded
+
+
+def _common_state(path: Path, flag: str = "--load") -> dict:
+    try:
+        return dist_checkpointing.load_common_state_dict(str(path))
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - many types for bad files
+        raise CheckpointError(f"{flag} {path}: not a readable checkpoint ({_one_line(e)})") from None
+
+
 def _check_loadable(path: Path, common: dict, description: ModelDescription | None, args) -> None:
     """That the checkpoint's common state fits this run: the same weight shapes, and an
     optimizer state unless this run asks for none (as Megatron-LM, never a silent fresh one)."""
@@ -483,10 +508,7 @@ def load_checkpoint(load, model_chunks, optimizer, scheduler, args) -> tuple[int
             print(f"warning: --load {load}: no checkpoint in it yet (no {TRACKER}, no iter_* "
                   f"directory); starting from scratch", file=sys.stderr, flush=True)
         return 0, 0
-    try:
-        common = dist_checkpointing.load_common_state_dict(str(path))
-    except (Exception, CheckpointException) as e:  # noqa: BLE001 - many types for bad files
-        raise CheckpointError(f"--load {path}: not a readable checkpoint ({_one_line(e)})") from None
+    common = _common_state(path)
     _check_loadable(path, common, unwrap(model_chunks[0]).description, args)
     weights_only = args.finetune
     with_optimizer = not (weights_only or args.no_load_optim)
@@ -557,11 +579,7 @@ def load_baseline_decoder(load, model) -> None:
     """Initializes a Free Transformer's decoder (every weight but the latent's) from a baseline
     checkpoint; the encoder, mapper and post-sampler keep their fresh initialization."""
     path = resolve_load_dir(load, "--init-from-baseline")
-    try:
-        common = dist_checkpointing.load_common_state_dict(str(path))
-    except (Exception, CheckpointException) as e:  # noqa: BLE001
-        raise CheckpointError(f"--init-from-baseline {path}: not a readable checkpoint ({_one_line(e)})") from None
-    saved = saved_description(path, common, "--init-from-baseline")
+    saved = saved_description(path, _common_state(path, "--init-from-baseline"), "--init-from-baseline")
     if not saved.baseline:
         raise CheckpointError(f"--init-from-baseline {path}: not a baseline checkpoint (it was "
                               f"trained without --baseline)")

@@ -162,10 +162,14 @@ def test_resume_is_bitwise_identical(ranks, tmp_path, world, layout):
 @pytest.mark.parametrize("saved,loaded", [
     ((1, []), (2, ["--tensor-model-parallel-size", "2"])),
     ((2, ["--use-distributed-optimizer"]), (1, ["--use-distributed-optimizer"])),
-], ids=["tp1-to-tp2", "dp2-distopt-to-dp1"])
+    # The default padding: 256 rows under TP2, which TP1 keeps (it would pad to 128 from scratch).
+    ((2, ["--tensor-model-parallel-size", "2", "--make-vocab-size-divisible-by", "128"]),
+     (1, ["--make-vocab-size-divisible-by", "128"])),
+], ids=["tp1-to-tp2", "dp2-distopt-to-dp1", "tp2-to-tp1-default-padding"])
 def test_resume_under_another_layout(ranks, tmp_path, saved, loaded):
     """Weights, optimizer state and LR schedule saved at iteration 2 load under another layout,
-    where iteration 3 gives the loss and weights of iteration 3 in the saved layout."""
+    where iteration 3 gives the loss and weights of iteration 3 in the saved layout (the
+    vocabulary's padding rows included: a resumed run keeps the checkpoint's)."""
     (saved_world, saved_layout), (loaded_world, loaded_layout) = saved, loaded
     schedule = ["--train-iters", "3", "--lr-decay-style", "cosine", "--lr-warmup-iters", "1"]
     reference = ranks(saved_world, _train, [*saved_layout, *schedule, "--save", str(tmp_path),

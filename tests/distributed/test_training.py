@@ -73,6 +73,26 @@ def test_training_matches_single_rank(ranks, single_rank, layout):
         assert_close(weights[name], ref, rtol=1e-4, atol=1e-4, msg=name)
 
 
+# The toy's 30 ids padded as by default: to 128 rows under TP1, 256 under TP2.
+DEFAULT_PADDING = ["--make-vocab-size-divisible-by", "128"]
+
+
+@pytest.mark.slow
+def test_vocabulary_padding_changes_no_loss(ranks):
+    """TP2 pads the vocabulary to twice TP1's rows; the padded ids get no probability, so the two
+    runs have the same losses and the same weights on the tokenizer's ids."""
+    ref_losses, ref_weights = _merge(ranks(1, _train, DEFAULT_PADDING))
+    losses, weights = _merge(ranks(2, _train, [*DEFAULT_PADDING, "--tensor-model-parallel-size", "2"]))
+    assert losses == pytest.approx(ref_losses, rel=1e-5)
+    assert weights["embedding.word_embeddings.weight"].shape[0] == 256
+    assert ref_weights["embedding.word_embeddings.weight"].shape[0] == 128
+    for name, ref in ref_weights.items():
+        got = weights[name]
+        if name == "embedding.word_embeddings.weight":  # tied: the output layer too
+            got, ref = got[:30], ref[:30]
+        assert_close(got, ref, rtol=1e-4, atol=1e-4, msg=name)
+
+
 @pytest.mark.slow
 def test_tensorboard_and_checkpoint_written(ranks, tmp_path):
     """The pretrain run writes TensorBoard scalars and a Megatron-layout checkpoint."""

@@ -40,6 +40,19 @@ def _megatron_logits(load_dir, tokens, codes):
     return logits[..., : tokenizer.vocab_size]
 
 
+def _megatron_loss(load_dir, tokens, codes):
+    """Per-token training loss of the checkpoint (its vocabulary padded to 32 rows) on tokens."""
+    from megatron_free.inference.checkpoint import load_for_inference
+    from megatron_free.model.latent import LatentControl
+
+    model, *_ = load_for_inference(load_dir)
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    positions = torch.arange(inputs.shape[1]).expand_as(inputs)
+    with torch.no_grad():
+        return model(inputs, positions, None, labels=labels, latent_seeds=torch.arange(tokens.shape[0]),
+                     latent=LatentControl("given", codes=codes))
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
 
@@ -97,6 +110,23 @@ def test_tp2_checkpoint_exports_with_matching_logits(run_dir):
     with torch.no_grad():
         got = model(tokens, latent_mode="given", latent_codes=codes).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_reproduces_the_training_loss(run_dir):
+    """Training's cross-entropy leaves Megatron's padding rows out, as the export (which drops them)
+    does: the HF model's per-token loss is the checkpoint's."""
+    from transformers import AutoModelForCausalLM
+
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 30, (2, SEQ + 1), generator=gen)
+    codes = torch.randint(0, 2**6, (2, SEQ), generator=gen)
+    (expected,) = run_ranks(1, _megatron_loss, str(run_dir / "ckpt"), tokens, codes)
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf", trust_remote_code=True)
+    with torch.no_grad():
+        logits = model(tokens[:, :-1], latent_mode="given", latent_codes=codes).logits
+    got = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow
