@@ -1,6 +1,6 @@
 """Reproduce the toy experiment of the Free Transformer paper (section 4.1, Figure 4) on CPU.
 
-    python examples/toy_experiment.py --out docs/toy_experiment     # ~25 min on 2 busy CPU cores
+    python examples/toy_experiment.py --out docs/toy_experiment     # ~1 hour on 2 CPU cores
 
 Trains a baseline and Free Transformers with kappa = 1/64, 1/8, 1 and 8 bits on the toy task
 (`python -m megatron_free.pretrain --toy-data`, one process each, checkpoints under --work-dir),
@@ -144,8 +144,9 @@ def run_pipelines(args, work: Path) -> dict:
     return seconds
 
 
-_VALIDATION = re.compile(r"^validation at iteration (\d+) \| (.*)$")
-_ITERATION = re.compile(r"^iteration\s+(\d+) \|.*elapsed time per iteration \(ms\): ([\d.]+)")
+# Log lines, after the "[date time] " stamp pretrain puts before them.
+_VALIDATION = re.compile(r"^(?:\[[^]]*\] )?validation at iteration (\d+) \| (.*)$")
+_ITERATION = re.compile(r"^(?:\[[^]]*\] )?iteration\s+(\d+)/.*elapsed time per iteration \(ms\): ([\d.]+)")
 
 
 def parse_train_log(path: Path) -> dict:
@@ -445,8 +446,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/toy_experiment",
                    help="folder for results.json and the figures; the report is <out>.md")
     p.add_argument("--work-dir", default="runs/toy_experiment", help="checkpoints and logs")
-    p.add_argument("--train-iters", type=int, default=3000)
-    p.add_argument("--eval-interval", type=int, default=500)
+    p.add_argument("--train-iters", type=int, default=8000)
+    p.add_argument("--eval-interval", type=int, default=1000)
     p.add_argument("--latent-bits", type=int, default=9, help="H (the paper: 16)")
     p.add_argument("--groups", type=int, default=24, help="prompts, each one group per setting")
     p.add_argument("--group-size", type=int, default=8)

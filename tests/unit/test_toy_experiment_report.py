@@ -62,6 +62,22 @@ def test_unused_latent_does_not_match_the_paper_at_one_bit(toy):
     assert "**does not match** (position: partly, paper: yes; noise: no, paper: yes)" in line
 
 
+def test_training_log_numbers_are_read(toy, tmp_path):
+    """The last validation and the mean time per iteration, from pretrain's stamped log lines."""
+    log = tmp_path / "train.log"
+    log.write_text(
+        "[2026-12-02 12:23:08] iteration      100/    8000 | consumed samples:         1600 | "
+        "elapsed time per iteration (ms): 210.2 | lm loss: 8.3E-01\n"
+        "[2026-12-02 12:27:30] validation at iteration 1000 | iwae lm loss: 3.5E-01 | kl: 1.2E-01 | "
+        "posterior lm loss: 3.02E-01 | prior lm loss: 3.03E-01\n"
+        "[2026-12-02 12:27:31] iteration      200/    8000 | elapsed time per iteration (ms): 189.8 | lm loss: 5E-01\n"
+        "  last validation (iteration 8000): iwae lm loss: 1E-01 | kl: 1E-01\n")
+    parsed = toy.parse_train_log(log)
+    assert parsed["validation"] == {"iteration": 1000, "iwae lm loss": 0.35, "kl": 0.12,
+                                    "posterior lm loss": 0.302, "prior lm loss": 0.303}
+    assert parsed["ms_per_iteration"] == pytest.approx(200.0)
+
+
 def test_report_and_figures_are_written(toy, tmp_path):
     pytest.importorskip("matplotlib")
     results = paper_like_results()
