@@ -187,6 +187,7 @@ def _worker(conn, argv: list[str], threads: int | None) -> None:
         from megatron_free.arguments import parse_args
         from megatron_free.parallel.distributed import destroy_distributed, select_device
         from megatron_free.pretrain import setup
+        from megatron_free.run_config import batch_config
         from megatron_free.training.loop import train_step
         from megatron_free.training.step import make_forward_step
 
@@ -200,6 +201,7 @@ def _worker(conn, argv: list[str], threads: int | None) -> None:
         parameters = sum(p.numel() for chunk in model_chunks for p in chunk.parameters())
         # As the loop scales it: the loss scale (1 without fp16) over the microbatches.
         forward_step = make_forward_step(kl_loss_scale=optimizer.get_loss_scale().item() / args.num_microbatches)
+        batch = batch_config(args)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -207,7 +209,7 @@ def _worker(conn, argv: list[str], threads: int | None) -> None:
                    "device": torch.cuda.get_device_name() if cuda else "cpu"})
         while (command := conn.recv()) == "step":
             start, start_cpu = time.perf_counter(), time.process_time()
-            losses, _, updated = train_step(forward_step, train_iter, model_chunks, optimizer, args)
+            losses, _, updated = train_step(forward_step, train_iter, model_chunks, optimizer, batch, args.clip_grad)
             if updated:
                 scheduler.step(increment=args.global_batch_size)
             if cuda:

@@ -302,6 +302,30 @@ def parse_args(argv: Optional[Sequence[str]] = None, world_size: int = 1) -> arg
     return args
 
 
+def _check_uneven_pipeline(layers: int, pp: int, first: int | None, last: int | None) -> None:
+    """One-line errors for --decoder-first/last-pipeline-num-layers (megatron only asserts)."""
+    if first is None and last is None:
+        return
+    if pp == 1:
+        raise ArgumentError("--decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers "
+                            "need --pipeline-model-parallel-size > 1")
+    for flag, value in (("--decoder-first-pipeline-num-layers", first),
+                        ("--decoder-last-pipeline-num-layers", last)):
+        if value is not None and not 1 <= value < layers:
+            raise ArgumentError(f"{flag} {value} must be in [1, --num-layers {layers})")
+    middle_stages = pp - (first is not None) - (last is not None)
+    middle_layers = layers - (first or 0) - (last or 0)
+    if middle_stages == 0 and middle_layers != 0:
+        raise ArgumentError(
+            f"--decoder-first-pipeline-num-layers {first} + --decoder-last-pipeline-num-layers "
+            f"{last} must equal --num-layers {layers} with --pipeline-model-parallel-size {pp}")
+    if middle_stages > 0 and (middle_layers < middle_stages or middle_layers % middle_stages):
+        raise ArgumentError(
+            f"the {middle_layers} layers left by --decoder-first-pipeline-num-layers {first} / "
+            f"--decoder-last-pipeline-num-layers {last} do not divide over the {middle_stages} "
+            f"other stages of --pipeline-model-parallel-size {pp} (--num-layers {layers})")
+
+
 def validate_args(args: argparse.Namespace, world_size: int) -> None:
     """Fills derived defaults (as Megatron does) and rejects bad values with the flags named."""
     from megatron_free.parallel.distributed import ParallelConfig, ParallelSizeError
@@ -356,13 +380,11 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
              f"--pipeline-model-parallel-size {pp} does not divide --num-layers {args.num_layers}")
     if args.injection_layer is None:
         args.injection_layer = args.num_layers // 2 + 1
-    if not args.baseline:
-        need(1 <= args.latent_bits <= 24, f"--latent-bits must be in [1, 24], got {args.latent_bits}")
-        need(2 ** args.latent_bits % tp == 0,
-             f"--tensor-model-parallel-size {tp} does not divide the 2^--latent-bits post-sampler rows")
-        need(args.free_bits >= 0, f"--free-bits must be >= 0, got {args.free_bits}")
-        need(2 <= args.injection_layer <= args.num_layers,
-             f"--injection-layer {args.injection_layer} must be in [2, --num-layers {args.num_layers}]")
+    # The latent's own settings (--latent-bits, --free-bits, --injection-layer, 2^H over TP) are checked
+    # by FreeTransformerConfig, which every run, --dry-run and inference builds; the stage that starts at
+    # --injection-layer by model.validate_injection_boundary (it needs megatron's layer split).
+    _check_uneven_pipeline(args.num_layers, pp, args.decoder_first_pipeline_num_layers,
+                           args.decoder_last_pipeline_num_layers)
 
     dp = args.data_parallel_size
     if args.global_batch_size is None:

@@ -57,6 +57,11 @@ class FreeTransformerConfig(TransformerConfig):
                 f"injection_layer (--injection-layer) must be in [2, {self.num_layers}] "
                 f"for --num-layers {self.num_layers}, got {self.injection_layer}"
             )
+        if self.num_codes % self.tensor_model_parallel_size:
+            raise ConfigError(
+                f"2^--latent-bits = {self.num_codes} post-sampler rows do not divide over "
+                f"--tensor-model-parallel-size {self.tensor_model_parallel_size}"
+            )
         if self.mapper_chunk_size < 1:
             raise ConfigError(f"mapper_chunk_size must be >= 1, got {self.mapper_chunk_size}")
 

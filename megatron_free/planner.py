@@ -37,8 +37,8 @@ from megatron_free.training.flops import (
     ModelShape,
     block_parameters,
     latent_parameters,
+    model_shape,
     parameter_counts,
-    shape_from_args,
     training_flops_per_token,
 )
 
@@ -81,32 +81,6 @@ def padded_vocab(args) -> tuple[int, int, str]:
 
 # ----------------------------------------------------------------------------- pipeline stages
 
-def _check_uneven_pipeline(args) -> None:
-    """One-line errors for --decoder-first/last-pipeline-num-layers (megatron only asserts)."""
-    first, last = args.decoder_first_pipeline_num_layers, args.decoder_last_pipeline_num_layers
-    if first is None and last is None:
-        return
-    pp, layers = args.pipeline_model_parallel_size, args.num_layers
-    if pp == 1:
-        raise ArgumentError("--decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers "
-                            "need --pipeline-model-parallel-size > 1")
-    for flag, value in (("--decoder-first-pipeline-num-layers", first),
-                        ("--decoder-last-pipeline-num-layers", last)):
-        if value is not None and not 1 <= value < layers:
-            raise ArgumentError(f"{flag} {value} must be in [1, --num-layers {layers})")
-    middle_stages = pp - (first is not None) - (last is not None)
-    middle_layers = layers - (first or 0) - (last or 0)
-    if middle_stages == 0 and middle_layers != 0:
-        raise ArgumentError(
-            f"--decoder-first-pipeline-num-layers {first} + --decoder-last-pipeline-num-layers "
-            f"{last} must equal --num-layers {layers} with --pipeline-model-parallel-size {pp}")
-    if middle_stages > 0 and (middle_layers < middle_stages or middle_layers % middle_stages):
-        raise ArgumentError(
-            f"the {middle_layers} layers left by --decoder-first-pipeline-num-layers {first} / "
-            f"--decoder-last-pipeline-num-layers {last} do not divide over the {middle_stages} "
-            f"other stages of --pipeline-model-parallel-size {pp} (--num-layers {layers})")
-
-
 def pipeline_stages(args) -> list[tuple[int, int]]:
     """[first, last) 0-based decoder layers of each pipeline stage, from the model's own
     FreeTransformerConfig and megatron-core's layer split (no process group needed); raises
@@ -115,7 +89,6 @@ def pipeline_stages(args) -> list[tuple[int, int]]:
     from megatron_free.model.model import stage_layer_ranges, validate_injection_boundary
     from megatron_free.run_config import model_description, training_model_config
 
-    _check_uneven_pipeline(args)
     try:
         # The layer split does not depend on the vocabulary.
         config = training_model_config(args, model_description(args, vocab_size=0, padded_vocab_size=0))
@@ -238,11 +211,12 @@ def _stage_memory(args, s: ModelShape, stage: int, layer_range: tuple[int, int],
 def build_plan(args) -> dict:
     """Every number of the plan; raises ArgumentError for a layout that cannot run (but not
     for memory: see check_plan)."""
+    from megatron_free.run_config import model_description
+
     world_size = (args.data_parallel_size * args.tensor_model_parallel_size
                   * args.pipeline_model_parallel_size * args.context_parallel_size)
     vocab, padded, vocab_source = padded_vocab(args)
-    args.padded_vocab_size = padded
-    shape = shape_from_args(args)
+    shape = model_shape(model_description(args, vocab, padded), args.seq_length)
     stages = pipeline_stages(args)
     injection_index = args.injection_layer - 1
     stage_memory = [

@@ -29,8 +29,8 @@ def setup(args):
     from megatron_free.parallel.distributed import ParallelConfig, initialize_distributed
     from megatron_free.parallel.wrap import parallelize
     from megatron_free.run_config import (
-        data_parallel_settings, model_description, optimizer_settings, schedule_settings, tokenizer_config,
-        training_model_config,
+        data_parallel_settings, load_config, model_description, optimizer_settings, schedule_settings,
+        tokenizer_config, training_model_config,
     )
     from megatron_free.training.checkpointing import (
         claim_save_dir, load_baseline_decoder, load_checkpoint, resumed_padded_vocab_size,
@@ -46,7 +46,6 @@ def setup(args):
         padded_vocab_size = resumed_padded_vocab_size(
             args.load, vocab_size, args.tensor_model_parallel_size) or padded_vocab_size
     description = model_description(args, vocab_size, padded_vocab_size)
-    args.padded_vocab_size = padded_vocab_size  # for the start report and the FLOP count, which read the flags
     config = training_model_config(args, description)
     initialize_distributed(
         ParallelConfig(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
@@ -65,7 +64,7 @@ def setup(args):
         claim_save_dir(args.save, args.load, args.finetune)
     if args.load:
         state.iteration, state.consumed_samples = load_checkpoint(
-            args.load, model_chunks, optimizer, scheduler, args)
+            load_config(args), model_chunks, optimizer, scheduler)
 
     eval_samples = 0
     if args.eval_interval:
@@ -101,7 +100,9 @@ def run(args) -> None:
 
     import torch
 
-    from megatron_free.training.flops import shape_from_args, training_flops_per_token
+    from megatron_free.model.model import unwrap
+    from megatron_free.run_config import loop_config
+    from megatron_free.training.flops import model_shape, training_flops_per_token
     from megatron_free.training.loop import train
     from megatron_free.training.metrics import TrainingLogger, print_rank_last
     from megatron_free.training.run_report import format_arguments, format_layout, format_summary
@@ -113,18 +114,20 @@ def run(args) -> None:
         print_rank_last(f"nothing to train: --load {args.load} is already at iteration "
                         f"{state.iteration}, --train-iters {args.train_iters}")
         return
-    flops = training_flops_per_token(shape_from_args(args))["total"] * args.global_batch_size * args.seq_length
+    shape = model_shape(unwrap(model_chunks[0]).description, args.seq_length)
+    flops = training_flops_per_token(shape)["total"] * args.global_batch_size * args.seq_length
     peak = args.peak_tflops or (989.0 if torch.cuda.is_available() else None)
     logger = TrainingLogger(args.tensorboard_dir, args.log_interval, flops,
                             torch.distributed.get_world_size(), peak, train_iters=args.train_iters)
     start_iteration, start = state.iteration, time.perf_counter()
     try:
-        train(args, model_chunks, optimizer, scheduler, train_iter, valid_iter, logger, state)
+        train(loop_config(args), model_chunks, optimizer, scheduler, train_iter, valid_iter, logger, state)
         seconds = time.perf_counter() - start
         if args.generate_samples and args.toy_data:
             from megatron_free.inference.toy_study import print_toy_samples
 
-            print_toy_samples(model_chunks, tokenizer, args, logger, state.iteration)
+            print_toy_samples(model_chunks, tokenizer, args.generate_samples, args.seed,
+                              None if args.baseline else args.latent_bits, logger, state.iteration)
     finally:
         logger.close()
     print_rank_last(format_summary(

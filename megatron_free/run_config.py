@@ -1,6 +1,7 @@
 """The validated pretrain flags (arguments.py) as the typed configs each component takes: the model's
-description and its build settings, the tokenizer, data parallelism, the optimizer and its schedule. Built once by the entry points, after parsing (the
-flags are parsed before torch and megatron-core are imported)."""
+description and its build settings, the tokenizer, data parallelism, the optimizer and its schedule,
+the loop (batch, validation, exits) and checkpointing. Built once by the entry points, after parsing
+(the flags are parsed before torch and megatron-core are imported); the namespace goes no further."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from megatron_free.data.tokenizers import TokenizerConfig
 from megatron_free.model.description import ModelDescription
 from megatron_free.parallel.distributed import ParallelConfig
 from megatron_free.parallel.wrap import DataParallelSettings, OptimizerSettings, ScheduleSettings
+from megatron_free.training.checkpointing import LoadConfig, SaveConfig
+from megatron_free.training.loop import BatchConfig, ExitConfig, LoopConfig, ValidationConfig
 
 
 def tokenizer_config(args: argparse.Namespace) -> TokenizerConfig:
@@ -71,3 +74,38 @@ def schedule_settings(args: argparse.Namespace) -> ScheduleSettings:
     return ScheduleSettings(global_batch_size=args.global_batch_size, train_iters=args.train_iters,
                             lr_decay_iters=args.lr_decay_iters, lr_warmup_iters=args.lr_warmup_iters,
                             lr_decay_style=args.lr_decay_style)
+
+
+def _layout(args: argparse.Namespace) -> tuple[int, int, int]:
+    return args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.data_parallel_size
+
+
+def batch_config(args: argparse.Namespace) -> BatchConfig:
+    return BatchConfig(global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
+                       num_microbatches=args.num_microbatches, seq_length=args.seq_length)
+
+
+def save_config(args: argparse.Namespace) -> SaveConfig | None:
+    if not args.save:
+        return None
+    return SaveConfig(root=args.save, interval=args.save_interval, with_optimizer=not args.no_save_optim,
+                      with_rng=not args.no_save_rng, keep_last=args.keep_last_checkpoints, layout=_layout(args))
+
+
+def load_config(args: argparse.Namespace) -> LoadConfig:
+    return LoadConfig(path=args.load, finetune=args.finetune, with_optimizer=not args.no_load_optim,
+                      with_rng=not args.no_load_rng, override_scheduler=args.override_opt_param_scheduler,
+                      use_checkpoint_scheduler=args.use_checkpoint_opt_param_scheduler, layout=_layout(args))
+
+
+def loop_config(args: argparse.Namespace) -> LoopConfig:
+    return LoopConfig(
+        train_iters=args.train_iters, batch=batch_config(args), clip_grad=args.clip_grad,
+        max_skipped_iterations=args.max_skipped_iterations,
+        validation=ValidationConfig(interval=args.eval_interval or 0, iterations=args.eval_iters,
+                                    baseline=args.baseline, latent_samples=args.eval_latent_samples,
+                                    latent_bits=args.latent_bits),
+        exits=ExitConfig(signal_handler=args.exit_signal_handler, interval=args.exit_interval,
+                         duration_in_mins=args.exit_duration_in_mins),
+        save=save_config(args),
+    )

@@ -1,9 +1,16 @@
-"""Input files for preprocessing: which records a shard reads, and reading them by streaming.
+"""Input files for preprocessing: which records a shard reads, reading them by streaming, and the
+document texts they hold.
 
 Formats: jsonl and text-lines (one record per line), text-files (one record per file), parquet (one
 record per row; pyarrow, row group by row group) and arrow (the .arrow files that HuggingFace
 `datasets` save_to_disk writes, Arrow IPC streams read through a memory map; a save_to_disk folder
-stands for its data files in state.json's order). .gz files are read as gzip.
+stands for its data files in state.json's order). .gz files are read as gzip. Several files or globs
+('**' recursive).
+
+Documents: JSONL has one JSON object per line, text under each of --json-keys (a list of strings
+counts as pre-split sentences, as in Megatron-LM); plain text has one document per line (text-lines;
+blank lines are not documents) or per file (text-files; an empty file is an empty document); parquet
+and arrow have the --json-keys columns.
 
 Shards. Every record has a position in [0, W), W the total size of the input files in bytes, taken
 in input order: a line's is the byte where it starts, a row's is its file's start plus
@@ -16,8 +23,9 @@ range, or parquet/arrow row counts from the metadata. A shard can be empty (more
 gzip files).
 
 Records come out as (location, payload, nbytes, error): payload is the line or file as bytes (jsonl,
-text) or one value per column (parquet, arrow). Locations become `path:line` / `path: row N` only
-when an error is reported (a shard that starts mid-file counts the lines before it then).
+text) or one value per column (parquet, arrow); parse_record turns a payload into each key's
+sentences, or says what is wrong with it. Locations become `path:line` / `path: row N` only when an
+error is reported (a shard that starts mid-file counts the lines before it then).
 """
 
 from __future__ import annotations
@@ -74,6 +82,11 @@ def resolve_inputs(patterns: list[str], input_format: str = "jsonl") -> list[str
                 seen.add(path)
                 files.append(path)
     return files
+
+
+def total_size(files: list[str]) -> int:
+    """The bytes of `files` together: the end of the position range that shards divide."""
+    return sum(os.path.getsize(f) for f in files)
 
 
 def saved_dataset_files(folder: str) -> list[str]:
@@ -321,3 +334,80 @@ def describe(files: list[str], location) -> str:
                 remaining -= len(chunk)
         index += before
     return f"{path}:{index}"
+
+
+# ----------------------------------------------------------------------------------------- documents
+
+def parse_record(payload, input_format: str, json_keys, location):
+    """(per-key sentence lists | None for a blank text line, error | None, location of the error)."""
+    if input_format in COLUMN_FORMATS:
+        per_key = []
+        for key, value in zip(json_keys, payload):
+            if isinstance(value, str):
+                per_key.append([value])
+            elif isinstance(value, list) and all(isinstance(s, str) for s in value):
+                per_key.append(value)
+            elif value is None:
+                return None, f"column {key!r} is null", location
+            else:
+                return None, f"column {key!r} is not a string (got {_json_type(value)})", location
+        return per_key, None, location
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        file_index, start, line = location  # text-files: point at the line inside the file
+        location = (file_index, start, line + payload.count(b"\n", 0, e.start))
+        column = e.start - (payload.rfind(b"\n", 0, e.start) + 1) + 1
+        return None, f"invalid UTF-8 (byte 0x{payload[e.start]:02x} at column {column})", location
+    if input_format == "text-files":
+        return [[text]], None, location
+    if input_format == "text-lines":
+        text = text[:-1] if text.endswith("\n") else text
+        text = text[:-1] if text.endswith("\r") else text
+        return (None if not text.strip() else [[text]]), None, location
+    if not text.strip():
+        return None, "blank line (JSONL needs one JSON object per line)", location
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"malformed JSON ({e.msg}: column {e.colno})", location
+    if not isinstance(obj, dict):
+        return None, f"not a JSON object (got {_json_type(obj)})", location
+    per_key = []
+    for key in json_keys:
+        if key not in obj:
+            return None, f"missing key {key!r}", location
+        value = obj[key]
+        if isinstance(value, str):
+            per_key.append([value])
+        elif isinstance(value, list) and all(isinstance(s, str) for s in value):
+            per_key.append(value)  # pre-split sentences, as Megatron-LM accepts
+        else:
+            return None, f"key {key!r} is not a string (got {_json_type(value)})", location
+    return per_key, None, location
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "an array", bool: "a boolean", int: "a number", float: "a number",
+             type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def iter_documents(inputs: list[str], input_format: str = "jsonl", json_key: str = "text",
+                   skip_bad_lines: bool = False):
+    """Yield document texts (one process, input order); bad lines raise InputError or are skipped.
+
+    For callers that want text rather than token ids (tokenizer training). Lists of sentences are joined by newlines.
+    """
+    files = resolve_inputs(inputs, input_format)
+    parts = plan_parts(files, input_format, shard_ranges(total_size(files), 1), (json_key,))[0]
+    for location, payload, _, error in read_parts(files, parts, input_format, (json_key,)):
+        text = None
+        if error is None:
+            text, error, location = parse_record(payload, input_format, (json_key,), location)
+        if error is not None:
+            if not skip_bad_lines:
+                raise InputError(f"{describe(files, location)}: {error}")
+            continue
+        if text is not None:
+            yield "\n".join(text[0])

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-from megatron_free.data.preprocess import INPUT_FORMATS, InputError, iter_documents
+from megatron_free.data.sources import INPUT_FORMATS, InputError, iter_documents
 
 
 @dataclasses.dataclass

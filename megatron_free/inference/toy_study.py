@@ -159,13 +159,13 @@ def toy_samples_report(groups: dict) -> list[str]:
     return lines
 
 
-def print_toy_samples(model_chunks, tokenizer, args, logger=None, step: int = 0) -> list[str]:
-    """The toy main job's end-of-run samples: --generate-samples texts with a shared Z and as many
-    with independent Z, printed with their measures and, given a TrainingLogger, written to
-    TensorBoard as the text summary "toy samples" at ``step``. Collective (generation runs on
-    every rank). Returns the printed lines."""
-    latent_bits = None if args.baseline else args.latent_bits
-    groups = sample_groups(model_chunks, tokenizer, "K", args.generate_samples, args.seed, latent_bits)
+def print_toy_samples(model_chunks, tokenizer, num_samples: int, seed: int, latent_bits: int | None,
+                      logger=None, step: int = 0) -> list[str]:
+    """The toy main job's end-of-run samples: ``num_samples`` texts with a shared Z and as many
+    with independent Z (latent_bits None: a baseline's, once), printed with their measures and,
+    given a TrainingLogger, written to TensorBoard as the text summary "toy samples" at ``step``.
+    Collective (generation runs on every rank). Returns the printed lines."""
+    groups = sample_groups(model_chunks, tokenizer, "K", num_samples, seed, latent_bits)
     lines = toy_samples_report(groups)
     for line in lines:
         print_rank_last(line)

@@ -53,11 +53,6 @@ def initialize_parameters(model, seed: int) -> None:
     """Re-draws every parameter of ``model`` (one pipeline stage, one TP shard) from ``seed``."""
     config = model.config
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
-    if config.num_query_groups % tp_size:
-        raise ValueError(
-            f"--num-query-groups {config.num_query_groups} must be divisible by "
-            f"--tensor-model-parallel-size {tp_size}"
-        )
     output_std = config.init_method_std / math.sqrt(2.0 * config.num_layers)
     for local_name, param in model.named_parameters():
         name = global_parameter_name(model, local_name)

@@ -97,12 +97,7 @@ class FreeLatent(MegatronModule):
         super().__init__(config=config)
         from megatron.core.transformer.spec_utils import build_module
 
-        tp_size = parallel_state.get_tensor_model_parallel_world_size()
-        if config.num_codes % tp_size:
-            raise ValueError(
-                f"2^--latent-bits = {config.num_codes} post-sampler rows do not divide over "
-                f"--tensor-model-parallel-size {tp_size}"
-            )
+        tp_size = parallel_state.get_tensor_model_parallel_world_size()  # divides num_codes (config.py)
         self.num_bits = config.latent_bits
         self.codes_per_rank = config.num_codes // tp_size
         self.code_offset = parallel_state.get_tensor_model_parallel_rank() * self.codes_per_rank

@@ -21,7 +21,8 @@ the directory to start over. Each save checks again that the tracker is still th
 last saw (or wrote), so no save ever replaces another run's newer checkpoint.
 
 Held: the model, the optimizer, the LR scheduler, iteration, consumed samples, the RNG states
-(python, numpy, torch, megatron's tracker; per rank) and the run's arguments. The optimizer
+(python, numpy, torch, megatron's tracker; per rank), the model's description (model/description.py),
+the parallel layout and the weights' dtype. The optimizer
 reshards: megatron's distributed optimizer is saved in the 'fully_reshardable' format (each
 parameter's state gathered whole on save, sliced on load), which loads under any other TP, PP
 or DP size; its 'dp_reshardable' format would only reshard across DP. The plain optimizer's
@@ -46,7 +47,6 @@ import shutil
 import socket
 import sys
 import time
-from argparse import Namespace
 from dataclasses import dataclass
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -72,6 +72,33 @@ OPTIMIZER_SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded; the message names the path and the mismatch."""
+
+
+@dataclass(frozen=True)
+class SaveConfig:
+    """--save and how: every --save-interval iterations (and at exits and the end), with or without
+    the optimizer (--no-save-optim) and the RNG states (--no-save-rng), the newest --keep-last-checkpoints kept."""
+
+    root: str
+    interval: int | None = None
+    with_optimizer: bool = True
+    with_rng: bool = True
+    keep_last: int | None = None
+    layout: tuple[int, int, int] = (1, 1, 1)  # this run's (TP, PP, DP): the RNG states are per rank
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """--load and what to restore: --finetune takes the weights only (from iteration 0); --no-load-optim,
+    --no-load-rng; the LR schedule's --override-opt_param-scheduler / --use-checkpoint-opt_param-scheduler."""
+
+    path: str
+    finetune: bool = False
+    with_optimizer: bool = True
+    with_rng: bool = True
+    override_scheduler: bool = False
+    use_checkpoint_scheduler: bool = False
+    layout: tuple[int, int, int] = (1, 1, 1)  # this run's (TP, PP, DP): RNG states restore only under the saved one
 
 
 def checkpoint_dir(root: str, iteration: int) -> Path:
@@ -199,8 +226,9 @@ def _sharded_state(model_chunks, optimizer, scheduler, *, with_optimizer, with_r
     return state
 
 
-def save_checkpoint(root, iteration, model_chunks, optimizer, scheduler, consumed_samples, args):
+def save_checkpoint(config: SaveConfig, iteration, model_chunks, optimizer, scheduler, consumed_samples):
     """Writes <root>/iter_XXXXXXX and then the tracker. Collective: every rank calls it."""
+    root = config.root
     final = checkpoint_dir(root, iteration)
     tmp = final.with_name(final.name + ".tmp")
     error = None
@@ -217,15 +245,15 @@ def save_checkpoint(root, iteration, model_chunks, optimizer, scheduler, consume
     _writer_results_queue_dies_with_this_process()
     state = _sharded_state(
         model_chunks, optimizer, scheduler,
-        with_optimizer=not args.no_save_optim, with_rng=not args.no_save_rng, is_loading=False,
+        with_optimizer=config.with_optimizer, with_rng=config.with_rng, is_loading=False,
     )
     state.update(
         iteration=iteration,
         consumed_samples=consumed_samples,
-        layout=list(_layout_of(vars(args))),
+        layout=list(config.layout),
         weights_dtype=str(unwrap(model_chunks[0]).config.params_dtype).removeprefix("torch."),
         checkpoint_version=1,
-        rng_saved=not args.no_save_rng,
+        rng_saved=config.with_rng,
     )
     description = unwrap(model_chunks[0]).description
     if description is not None:
@@ -237,8 +265,8 @@ def save_checkpoint(root, iteration, model_chunks, optimizer, scheduler, consume
         _fsync_dir(Path(root))
         _write_atomically(Path(root) / TRACKER, f"{iteration}\n")
         claim.tracker = iteration
-        if args.keep_last_checkpoints:
-            _remove_older_checkpoints(Path(root), iteration, args.keep_last_checkpoints)
+        if config.keep_last:
+            _remove_older_checkpoints(Path(root), iteration, config.keep_last)
     dist.barrier()
     return final
 
@@ -436,13 +464,13 @@ def _common_state(path: Path, flag: str = "--load") -> dict:
         raise CheckpointError(f"{flag} {path}: not a readable checkpoint ({_one_line(e)})") from None
 
 
-def _check_loadable(path: Path, common: dict, description: ModelDescription | None, args) -> None:
+def _check_loadable(path: Path, common: dict, description: ModelDescription | None, config: LoadConfig) -> None:
     """That the checkpoint's common state fits this run: the same weight shapes, and an
     optimizer state unless this run asks for none (as Megatron-LM, never a silent fresh one)."""
     if description is not None:
         for flag, mine, saved in description.shape_differences(saved_description(path, common)):
             raise CheckpointError(f"--load {path}: checkpoint has {flag} {saved}, this run {mine}")
-    if "opt_param_scheduler" not in common and not (args.finetune or args.no_load_optim):
+    if "opt_param_scheduler" not in common and config.with_optimizer and not config.finetune:
         raise CheckpointError(
             f"--load {path}: the checkpoint holds no optimizer state (saved with --no-save-optim); "
             f"give --no-load-optim to go on with a fresh optimizer, or --finetune"
@@ -498,10 +526,11 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def load_checkpoint(load, model_chunks, optimizer, scheduler, args) -> tuple[int, int]:
+def load_checkpoint(config: LoadConfig, model_chunks, optimizer, scheduler) -> tuple[int, int]:
     """Loads into the model (and optimizer, scheduler, RNG unless disabled or --finetune).
     Returns (iteration, consumed_samples) to resume from; (0, 0) with a warning when --load is
     a run directory with no checkpoint yet. Collective: every rank calls it."""
+    load = config.path
     path = find_checkpoint(load)
     if path is None:
         if is_logging_rank():
@@ -509,11 +538,11 @@ def load_checkpoint(load, model_chunks, optimizer, scheduler, args) -> tuple[int
                   f"directory); starting from scratch", file=sys.stderr, flush=True)
         return 0, 0
     common = _common_state(path)
-    _check_loadable(path, common, unwrap(model_chunks[0]).description, args)
-    weights_only = args.finetune
-    with_optimizer = not (weights_only or args.no_load_optim)
-    saved_layout = tuple(common["layout"]) if "layout" in common else _layout_of(common.get("args", {}))
-    with_rng = not (weights_only or args.no_load_rng) and saved_layout == _layout_of(vars(args))
+    _check_loadable(path, common, unwrap(model_chunks[0]).description, config)
+    weights_only = config.finetune
+    with_optimizer = config.with_optimizer and not weights_only
+    saved_layout = tuple(common["layout"]) if "layout" in common else _saved_layout(common.get("args", {}))
+    with_rng = config.with_rng and not weights_only and saved_layout == config.layout
     state = _sharded_state(
         model_chunks, optimizer, scheduler,
         with_optimizer=with_optimizer, with_rng=with_rng and common.get("rng_saved", False),
@@ -530,7 +559,7 @@ def load_checkpoint(load, model_chunks, optimizer, scheduler, args) -> tuple[int
     except Exception as e:  # noqa: BLE001 - dist_checkpointing raises many types
         raise CheckpointError(f"--load {path}: {_one_line(e)}") from None
     if with_optimizer:
-        _load_scheduler(path, scheduler, loaded["opt_param_scheduler"], args)
+        _load_scheduler(path, scheduler, loaded["opt_param_scheduler"], config)
     if "rng_state" in loaded:
         _restore_rng(loaded["rng_state"])
     if weights_only:
@@ -541,12 +570,12 @@ def load_checkpoint(load, model_chunks, optimizer, scheduler, args) -> tuple[int
     return iteration, int(loaded["consumed_samples"])
 
 
-def _load_scheduler(path: Path, scheduler, saved: dict, args) -> None:
+def _load_scheduler(path: Path, scheduler, saved: dict, config: LoadConfig) -> None:
     """Megatron's scheduler asserts that the run's schedule is the checkpoint's; as in Megatron-LM,
     --override-opt_param-scheduler keeps this run's, --use-checkpoint-opt_param-scheduler the
     checkpoint's (e.g. to train past the --train-iters the schedule was made for)."""
-    scheduler.override_opt_param_scheduler = getattr(args, "override_opt_param_scheduler", False)
-    scheduler.use_checkpoint_opt_param_scheduler = getattr(args, "use_checkpoint_opt_param_scheduler", False)
+    scheduler.override_opt_param_scheduler = config.override_scheduler
+    scheduler.use_checkpoint_opt_param_scheduler = config.use_checkpoint_scheduler
     try:
         scheduler.load_state_dict(saved)
     except AssertionError as e:
@@ -560,10 +589,10 @@ def _load_scheduler(path: Path, scheduler, saved: dict, args) -> None:
         ) from None
 
 
-def _layout_of(args) -> tuple:
-    args = vars(args) if isinstance(args, Namespace) else args
-    return tuple(args.get(k) for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
-                                      "data_parallel_size"))
+def _saved_layout(flags: dict) -> tuple:
+    """(TP, PP, DP) from the run flags an older checkpoint holds instead of its layout."""
+    return tuple(flags.get(k) for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+                                       "data_parallel_size"))
 
 
 def _restore_rng(rng: dict) -> None:

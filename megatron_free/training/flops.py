@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megatron_free.model.description import ModelDescription
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -98,11 +100,12 @@ def training_flops_per_token(s: ModelShape) -> dict:
             "mapper_backward": mapper_backward, "total": total}
 
 
-def shape_from_args(args) -> ModelShape:
+def model_shape(description: ModelDescription, seq_length: int) -> ModelShape:
+    """The shape of the model a description gives (its padded vocabulary: the rows that are computed)."""
     return ModelShape(
-        num_layers=args.num_layers, hidden_size=args.hidden_size,
-        ffn_hidden_size=args.ffn_hidden_size, num_attention_heads=args.num_attention_heads,
-        num_query_groups=args.num_query_groups, vocab_size=args.padded_vocab_size,
-        seq_length=args.seq_length, tied_embeddings=not args.untie_embeddings_and_output_weights,
-        baseline=args.baseline, latent_bits=args.latent_bits,
+        num_layers=description.num_layers, hidden_size=description.hidden_size,
+        ffn_hidden_size=description.ffn_hidden_size, num_attention_heads=description.num_attention_heads,
+        num_query_groups=description.num_query_groups, vocab_size=description.padded_vocab_size,
+        seq_length=seq_length, tied_embeddings=description.tie_embeddings,
+        baseline=description.baseline, latent_bits=description.latent_bits,
     )

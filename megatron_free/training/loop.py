@@ -22,7 +22,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_free.training.checkpointing import checkpoint_dir, save_checkpoint
+from megatron_free.training.checkpointing import SaveConfig, checkpoint_dir, save_checkpoint
 from megatron_free.training.metrics import LOGGED_LOSSES, print_rank_last
 from megatron_free.model.losses import LOG2, importance_weighted_log_likelihood
 from megatron_free.training.step import SEQUENCE_NLL, latent_report, make_forward_step, sequence_log_q
@@ -30,6 +30,47 @@ from megatron_free.training.step import SEQUENCE_NLL, latent_report, make_forwar
 
 class NonFiniteError(RuntimeError):
     """Too many iterations in a row with a non-finite loss or gradient norm."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """One iteration's batch: global = micro x data-parallel size x num_microbatches sequences."""
+
+    global_batch_size: int
+    micro_batch_size: int
+    num_microbatches: int
+    seq_length: int
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """--eval-interval / --eval-iters and, for the Free Transformer, the IWAE estimate's draws of Z."""
+
+    interval: int  # iterations between validations (0: none)
+    iterations: int  # batches per validation
+    baseline: bool
+    latent_samples: int  # posterior draws of Z for the importance-weighted -log P(S) (0: none)
+    latent_bits: int  # H, for the uniform prior's log P(Z)
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    """When the run stops before --train-iters (Megatron-LM's flags; see the module docstring)."""
+
+    signal_handler: bool = False
+    interval: Optional[int] = None
+    duration_in_mins: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    train_iters: int
+    batch: BatchConfig
+    clip_grad: float
+    max_skipped_iterations: int
+    validation: ValidationConfig
+    exits: ExitConfig
+    save: Optional[SaveConfig]  # None: no checkpoints (no --save)
 
 
 @dataclass
@@ -98,7 +139,7 @@ def _broadcast_from_last_stage(values: dict, names) -> dict:
     return dict(zip(names, tensor.tolist()))
 
 
-def train_step(forward_step, data_iterator, model_chunks, optimizer, args):
+def train_step(forward_step, data_iterator, model_chunks, optimizer, batch: BatchConfig, clip_grad: float):
     """One iteration. Returns (losses, grad_norm, updated); the update is skipped when a loss or
     the gradient norm is not finite."""
     for chunk in model_chunks:
@@ -109,9 +150,9 @@ def train_step(forward_step, data_iterator, model_chunks, optimizer, args):
         forward_step_func=forward_step,
         data_iterator=data_iterator,
         model=model_chunks,
-        num_microbatches=args.num_microbatches,
-        seq_length=args.seq_length,
-        micro_batch_size=args.micro_batch_size,
+        num_microbatches=batch.num_microbatches,
+        seq_length=batch.seq_length,
+        micro_batch_size=batch.micro_batch_size,
         forward_only=False,
     )
     losses = _sum_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
@@ -119,7 +160,7 @@ def train_step(forward_step, data_iterator, model_chunks, optimizer, args):
     # megatron's optimizer.step() in its parts, so a non-finite loss or gradient norm skips the
     # update instead of writing NaN into the weights. clip_grad_norm leaves the grads alone on NaN.
     found_inf = optimizer.prepare_grads()
-    grad_norm = optimizer.clip_grad_norm(args.clip_grad) if args.clip_grad > 0 else optimizer.get_grad_norm()
+    grad_norm = optimizer.clip_grad_norm(clip_grad) if clip_grad > 0 else optimizer.get_grad_norm()
     finite = (not found_inf and grad_norm is not None and math.isfinite(grad_norm)
               and _finite_on_every_stage(losses))
     updated = finite and optimizer.step_with_ready_grads()
@@ -138,36 +179,36 @@ def _finite_on_every_stage(losses: dict) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model_chunks, valid_iterator, args) -> dict:
+def evaluate(model_chunks, valid_iterator, validation: ValidationConfig, batch: BatchConfig) -> dict:
     """Validation cross-entropy: for the Free Transformer with Z from the encoder (posterior,
     an ELBO-like number) and from the uniform prior (E_Z[-log P(S|Z)], an upper bound of -log P(S)),
     and -log P(S) per token estimated with --eval-latent-samples posterior samples (importance-weighted,
     the number to set beside a baseline's lm loss)."""
     for chunk in model_chunks:
         chunk.eval()
-    modes = ("prior",) if args.baseline else ("posterior", "prior")
-    draws = 0 if args.baseline else args.eval_latent_samples
-    batches = [next(valid_iterator) for _ in range(args.eval_iters * args.num_microbatches)]
+    modes = ("prior",) if validation.baseline else ("posterior", "prior")
+    draws = 0 if validation.baseline else validation.latent_samples
+    batches = [next(valid_iterator) for _ in range(validation.iterations * batch.num_microbatches)]
     results = {}
     nll, log_q = [], []  # per draw of Z: each sequence's cross-entropy and log Q(Z|S)
 
     def forward_only(forward_step):
         return get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iter(batches), model=model_chunks,
-            num_microbatches=len(batches), seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
+            num_microbatches=len(batches), seq_length=batch.seq_length, micro_batch_size=batch.micro_batch_size,
             forward_only=True,
         )
 
     def record_draw(reports):
         if parallel_state.is_pipeline_last_stage():
             nll.append(torch.cat([r[SEQUENCE_NLL] for r in reports], dim=1))  # [2, sequences]
-        log_q.append(sequence_log_q(model_chunks, len(batches), args.micro_batch_size).reshape(-1))
+        log_q.append(sequence_log_q(model_chunks, len(batches), batch.micro_batch_size).reshape(-1))
 
     for mode in modes:
         per_sequence = mode == "posterior" and draws > 0
         reports = forward_only(make_forward_step(latent_mode=mode, per_sequence=per_sequence))
         losses = _sum_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
-        name = "lm loss" if args.baseline else f"{mode} lm loss"
+        name = "lm loss" if validation.baseline else f"{mode} lm loss"
         results[name] = losses.get("lm loss", float("nan"))
         kl = latent_report(model_chunks)
         if mode == "posterior" and kl:
@@ -178,18 +219,18 @@ def evaluate(model_chunks, valid_iterator, args) -> dict:
         record_draw(forward_only(make_forward_step(latent_mode="posterior", latent_draw=draw, per_sequence=True)))
         latent_report(model_chunks)  # these draws' KL statistics repeat the posterior pass's
     if draws:
-        results["iwae lm loss"] = _importance_weighted_loss(nll, log_q, args)
+        log_prior = -batch.seq_length * validation.latent_bits * LOG2
+        results["iwae lm loss"] = _importance_weighted_loss(nll, log_q, log_prior)
     for chunk in model_chunks:
         chunk.train()
     return _broadcast_from_last_stage(results, sorted(results))
 
 
-def _importance_weighted_loss(nll, log_q, args) -> float:
+def _importance_weighted_loss(nll, log_q, log_prior: float) -> float:
     """-log P(S) per token from K draws: -sum_S IWAE(S) / tokens, over every data-parallel rank (the
     last pipeline stage's number; NaN elsewhere). log P(Z) = -T H log 2 under the uniform prior."""
     if not parallel_state.is_pipeline_last_stage():
         return float("nan")
-    log_prior = -args.seq_length * args.latent_bits * LOG2
     log_p = importance_weighted_log_likelihood(-torch.stack([d[0] for d in nll]), torch.stack(log_q), log_prior)
     totals = torch.stack([-log_p.sum(), nll[0][1].sum()])
     if parallel_state.get_data_parallel_world_size() > 1:
@@ -197,7 +238,7 @@ def _importance_weighted_loss(nll, log_q, args) -> float:
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
-def train(args, model_chunks, optimizer, scheduler, train_iterator, valid_iterator, logger,
+def train(config: LoopConfig, model_chunks, optimizer, scheduler, train_iterator, valid_iterator, logger,
           state: TrainState, on_iteration: Optional[Callable[[TrainState, dict], None]] = None,
           ) -> TrainState:
     """Trains from ``state`` (a fresh or a loaded run) to --train-iters or an exit; returns the
@@ -205,24 +246,24 @@ def train(args, model_chunks, optimizer, scheduler, train_iterator, valid_iterat
     ("lm loss", "kl", ...; NaN included), "grad norm", "skipped", and "validation/<name>" at
     evaluations. Raises NonFiniteError after --max-skipped-iterations skipped updates in a row."""
     model_chunks[0].config.timers = None
-    sigterm = _SigtermFlag(args.exit_signal_handler)
+    sigterm = _SigtermFlag(config.exits.signal_handler)
+    validation, save = config.validation, config.save
     try:
-        while state.iteration < args.train_iters:
-            metrics = _train_iteration(args, model_chunks, optimizer, scheduler, train_iterator, logger, state)
-            if args.eval_interval and valid_iterator is not None and state.iteration % args.eval_interval == 0:
-                results = evaluate(model_chunks, valid_iterator, args)
+        while state.iteration < config.train_iters:
+            metrics = _train_iteration(config, model_chunks, optimizer, scheduler, train_iterator, logger, state)
+            if validation.interval and valid_iterator is not None and state.iteration % validation.interval == 0:
+                results = evaluate(model_chunks, valid_iterator, validation, config.batch)
                 logger.validation(state.iteration, results)
                 metrics.update({f"validation/{name}": value for name, value in results.items()})
             if on_iteration is not None:
                 on_iteration(state, metrics)
 
-            exit_reason = _exit_reason(args, state.iteration, sigterm)
-            if args.save and (exit_reason or state.iteration == args.train_iters
-                              or (args.save_interval and state.iteration % args.save_interval == 0)):
-                save_checkpoint(args.save, state.iteration, model_chunks, optimizer, scheduler,
-                                state.consumed_samples, args)
-                state.saved_checkpoint = str(checkpoint_dir(args.save, state.iteration))
-                print_rank_last(f"saved checkpoint at iteration {state.iteration} to {args.save}")
+            exit_reason = _exit_reason(config.exits, state.iteration, sigterm)
+            if save and (exit_reason or state.iteration == config.train_iters
+                         or (save.interval and state.iteration % save.interval == 0)):
+                save_checkpoint(save, state.iteration, model_chunks, optimizer, scheduler, state.consumed_samples)
+                state.saved_checkpoint = str(checkpoint_dir(save.root, state.iteration))
+                print_rank_last(f"saved checkpoint at iteration {state.iteration} to {save.root}")
             if exit_reason:
                 print_rank_last(f"exiting at iteration {state.iteration}: {exit_reason}")
                 break
@@ -231,19 +272,20 @@ def train(args, model_chunks, optimizer, scheduler, train_iterator, valid_iterat
     return state
 
 
-def _train_iteration(args, model_chunks, optimizer, scheduler, train_iterator, logger, state) -> dict:
+def _train_iteration(config: LoopConfig, model_chunks, optimizer, scheduler, train_iterator, logger, state) -> dict:
     """One optimizer step (or a skipped one), counted in ``state`` and logged; returns its metrics."""
     iteration_start = time.perf_counter()
     # The KL gradient is scaled as the schedule scales the cross-entropy: by the loss scale
     # (fp16) and 1 / num_microbatches.
-    kl_scale = optimizer.get_loss_scale().item() / args.num_microbatches
+    batch = config.batch
+    kl_scale = optimizer.get_loss_scale().item() / batch.num_microbatches
     losses, grad_norm, updated = train_step(
-        make_forward_step(kl_loss_scale=kl_scale), train_iterator, model_chunks, optimizer, args
+        make_forward_step(kl_loss_scale=kl_scale), train_iterator, model_chunks, optimizer, batch, config.clip_grad
     )
     state.iteration += 1
-    state.consumed_samples += args.global_batch_size
+    state.consumed_samples += batch.global_batch_size
     if updated:
-        scheduler.step(increment=args.global_batch_size)
+        scheduler.step(increment=batch.global_batch_size)
         state.skipped_in_a_row = 0
     else:
         # The weights, the optimizer state and the LR schedule stay as they were; the batch is
@@ -254,18 +296,18 @@ def _train_iteration(args, model_chunks, optimizer, scheduler, train_iterator, l
             f"iteration {state.iteration}: non-finite loss or grad norm ({_describe(losses, grad_norm)}); "
             f"update skipped ({state.skipped_in_a_row} in a row, {state.skipped_total} in all)"
         )
-        if state.skipped_in_a_row >= args.max_skipped_iterations:
+        if state.skipped_in_a_row >= config.max_skipped_iterations:
             raise NonFiniteError(
                 f"{state.skipped_in_a_row} iterations in a row (up to iteration {state.iteration}) had "
                 f"a non-finite loss or grad norm (--max-skipped-iterations "
-                f"{args.max_skipped_iterations}); stopped without saving: the last checkpoint is "
+                f"{config.max_skipped_iterations}); stopped without saving: the last checkpoint is "
                 f"the last good one"
             )
     logger.iteration(
-        state.iteration, state.consumed_samples, args.global_batch_size * args.seq_length,
+        state.iteration, state.consumed_samples, batch.global_batch_size * batch.seq_length,
         {k: v for k, v in losses.items() if k in LOGGED_LOSSES and math.isfinite(v)},
         optimizer.param_groups[0]["lr"], grad_norm if updated else None, None,
-        args.global_batch_size, not updated, time.perf_counter() - iteration_start,
+        batch.global_batch_size, not updated, time.perf_counter() - iteration_start,
     )
     return dict(losses, **{"grad norm": grad_norm, "skipped": not updated})
 
@@ -275,12 +317,12 @@ def _describe(losses: dict, grad_norm) -> str:
     return ", ".join(values + [f"grad norm {grad_norm}"])
 
 
-def _exit_reason(args, iteration: int, sigterm: _SigtermFlag) -> Optional[str]:
+def _exit_reason(exits: ExitConfig, iteration: int, sigterm: _SigtermFlag) -> Optional[str]:
     """Why every rank stops after this iteration, or None. The same answer on every rank."""
-    if args.exit_signal_handler and sigterm.any_rank():
+    if exits.signal_handler and sigterm.any_rank():
         return "received SIGTERM (--exit-signal-handler)"
-    if args.exit_interval and iteration % args.exit_interval == 0:
-        return f"--exit-interval {args.exit_interval}"
-    if args.exit_duration_in_mins and _minutes_running() > args.exit_duration_in_mins:
-        return f"ran longer than --exit-duration-in-mins {args.exit_duration_in_mins}"
+    if exits.interval and iteration % exits.interval == 0:
+        return f"--exit-interval {exits.interval}"
+    if exits.duration_in_mins and _minutes_running() > exits.duration_in_mins:
+        return f"ran longer than --exit-duration-in-mins {exits.duration_in_mins}"
     return None

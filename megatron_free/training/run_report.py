@@ -59,9 +59,10 @@ def parameter_report(args, model_chunks) -> str:
     """Parameters: the model's total and the latent's share (megatron_free.training.flops, the
     planner's count), and each pipeline stage's as built (summed over its tensor-parallel ranks).
     Collective over the pipeline and tensor-parallel groups: every rank must call it."""
-    from megatron_free.training.flops import latent_parameter_parts, parameter_counts, shape_from_args
+    from megatron_free.model.model import unwrap
+    from megatron_free.training.flops import latent_parameter_parts, model_shape, parameter_counts
 
-    shape = shape_from_args(args)
+    shape = model_shape(unwrap(model_chunks[0]).description, args.seq_length)
     counts = parameter_counts(shape)
     total = counts["total"]
     tied = ("tied embeddings counted once" if shape.tied_embeddings

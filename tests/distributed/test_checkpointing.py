@@ -37,6 +37,7 @@ def _train(extra, poisoned=()):
     {iteration: this rank's full weights after it}, final state, NonFiniteError message or None).
     Micro-batches of the iterations in ``poisoned`` get a NaN loss mask, so a NaN loss."""
     from megatron_free.pretrain import setup
+    from megatron_free.run_config import loop_config
     from megatron_free.training.checkpointing import unwrap
     from megatron_free.training.loop import NonFiniteError, train
     from megatron_free.training.metrics import TrainingLogger
@@ -54,7 +55,7 @@ def _train(extra, poisoned=()):
     logger = TrainingLogger(None, args.log_interval, 1.0, dist.get_world_size(), None)
     error = None
     try:
-        train(args, chunks, optimizer, scheduler, train_iter, valid_iter, logger, state, record)
+        train(loop_config(args), chunks, optimizer, scheduler, train_iter, valid_iter, logger, state, record)
     except NonFiniteError as e:
         error = str(e)
     return history, weights, state, error

@@ -15,6 +15,7 @@ from tests.tiny import full_tensors, tiny_args
 def _train(extra, save_dir=None, tensorboard_dir=None):
     """Trains per tiny_args + extra; returns (losses per iteration, full weights of this rank)."""
     from megatron_free.pretrain import setup
+    from megatron_free.run_config import batch_config
     from megatron_free.training.loop import train_step
     from megatron_free.training.step import make_forward_step
 
@@ -35,7 +36,7 @@ def _train(extra, save_dir=None, tensorboard_dir=None):
     for _ in range(args.train_iters):
         report, _, updated = train_step(
             make_forward_step(kl_loss_scale=1.0 / args.num_microbatches), train_iter, chunks,
-            optimizer, args)
+            optimizer, batch_config(args), args.clip_grad)
         assert updated
         scheduler.step(increment=args.global_batch_size)
         losses.append(report.get("lm loss"))
@@ -115,13 +116,14 @@ def test_tensorboard_and_checkpoint_written(ranks, tmp_path):
 def _save_then_weights(extra, save_dir):
     """Two iterations (so the optimizer has state), saved; returns the saved weights."""
     from megatron_free.pretrain import setup
+    from megatron_free.run_config import loop_config
     from megatron_free.training.loop import train
     from megatron_free.training.metrics import TrainingLogger
 
     args = tiny_args(torch.distributed.get_world_size(), *extra, "--save", save_dir,
                      "--train-iters", "2")
     chunks, optimizer, scheduler, state, train_iter, *_ = setup(args)
-    train(args, chunks, optimizer, scheduler, train_iter, None,
+    train(loop_config(args), chunks, optimizer, scheduler, train_iter, None,
           TrainingLogger(None, 1, 1.0, torch.distributed.get_world_size(), None), state)
     return full_tensors(chunks[0].module, use_grad=False)
 

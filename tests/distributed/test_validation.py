@@ -15,15 +15,18 @@ def _validate(extra):
     import torch
 
     from megatron_free.pretrain import setup
+    from megatron_free.run_config import loop_config
     from megatron_free.training.loop import evaluate, train_step
     from megatron_free.training.step import make_forward_step
 
     args = tiny_args(torch.distributed.get_world_size(), "--eval-interval", "1", "--eval-iters", "2", *extra)
     chunks, optimizer, scheduler, _, train_iter, valid_iter, _ = setup(args)
+    config = loop_config(args)
     for _ in range(2):
-        train_step(make_forward_step(kl_loss_scale=1.0 / args.num_microbatches), train_iter, chunks, optimizer, args)
+        train_step(make_forward_step(kl_loss_scale=1.0 / args.num_microbatches), train_iter, chunks, optimizer,
+                   config.batch, config.clip_grad)
         scheduler.step(increment=args.global_batch_size)
-    return evaluate(chunks, valid_iter, args)
+    return evaluate(chunks, valid_iter, config.validation, config.batch)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ def _preprocess(text_file, prefix):
 def _train(data_args, iters):
     from megatron_free.arguments import parse_args
     from megatron_free.pretrain import setup
+    from megatron_free.run_config import batch_config
     from megatron_free.training.loop import train_step
     from megatron_free.training.step import make_forward_step
 
@@ -38,7 +39,8 @@ def _train(data_args, iters):
     chunks, optimizer, scheduler, state, train_iter, _, _ = setup(args)
     losses = []
     for _ in range(iters):
-        report, _, _ = train_step(make_forward_step(kl_loss_scale=0.5), train_iter, chunks, optimizer, args)
+        report, _, _ = train_step(make_forward_step(kl_loss_scale=0.5), train_iter, chunks, optimizer,
+                                  batch_config(args), args.clip_grad)
         losses.append(report["lm loss"])
     return losses
 

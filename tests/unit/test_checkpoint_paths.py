@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from megatron_free.training.checkpointing import (
     LOCK,
     TRACKER,
     CheckpointError,
+    LoadConfig,
     _check_loadable,
     _checkpoints_not_resumed,
     _claims,
@@ -117,9 +117,8 @@ def test_saving_an_existing_iteration_again(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000002"]
 
 
-def _run_args(**overrides):
-    args = dict(finetune=False, no_load_optim=False)
-    return Namespace(**{**args, **overrides})
+def _load(**overrides):
+    return LoadConfig(path="unused", **overrides)
 
 
 def _description(**overrides):
@@ -136,14 +135,14 @@ def test_common_state_must_fit_the_run(tmp_path):
     """Other weight shapes fail (kappa may change); a checkpoint without optimizer state needs
     --no-load-optim or --finetune rather than resuming with a silently fresh optimizer."""
     saved = {"model_description": _description().to_state(), "opt_param_scheduler": {}}
-    _check_loadable(tmp_path, saved, _description(free_bits=1.0), _run_args())
+    _check_loadable(tmp_path, saved, _description(free_bits=1.0), _load())
     with pytest.raises(CheckpointError, match="checkpoint has --latent-bits 6, this run 8$"):
-        _check_loadable(tmp_path, saved, _description(latent_bits=8), _run_args())
+        _check_loadable(tmp_path, saved, _description(latent_bits=8), _load())
     without_optimizer = {"model_description": saved["model_description"]}
     with pytest.raises(CheckpointError, match="holds no optimizer state .* give --no-load-optim"):
-        _check_loadable(tmp_path, without_optimizer, _description(), _run_args())
-    _check_loadable(tmp_path, without_optimizer, _description(), _run_args(no_load_optim=True))
-    _check_loadable(tmp_path, without_optimizer, _description(), _run_args(finetune=True))
+        _check_loadable(tmp_path, without_optimizer, _description(), _load())
+    _check_loadable(tmp_path, without_optimizer, _description(), _load(with_optimizer=False))
+    _check_loadable(tmp_path, without_optimizer, _description(), _load(finetune=True))
 
 
 def test_checkpoints_before_the_description_still_describe_their_model(tmp_path):
@@ -158,9 +157,9 @@ def test_checkpoints_before_the_description_still_describe_their_model(tmp_path)
     legacy = {"args": flags, "opt_param_scheduler": {}}
     assert ModelDescription.from_checkpoint_state(legacy).shape_differences(_description()) == []
     assert ModelDescription.from_checkpoint_state(legacy).tokenizer_type == "CharacterTokenizer"
-    _check_loadable(tmp_path, legacy, _description(), _run_args())
+    _check_loadable(tmp_path, legacy, _description(), _load())
     with pytest.raises(CheckpointError, match="holds neither a model description nor run arguments"):
-        _check_loadable(tmp_path, {"opt_param_scheduler": {}}, _description(), _run_args())
+        _check_loadable(tmp_path, {"opt_param_scheduler": {}}, _description(), _load())
 
 
 @pytest.mark.parametrize("extra, message", [

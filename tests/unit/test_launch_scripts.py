@@ -251,7 +251,8 @@ def test_injection_layer_off_a_stage_boundary(tmp_path):
       "--decoder-last-pipeline-num-layers", "15"], r"must equal --num-layers 32"),
 ])
 def test_uneven_pipeline_flags(tmp_path, extra, message):
-    """Bad --decoder-first/last-pipeline-num-layers give one line naming them (megatron asserts)."""
+    """Bad --decoder-first/last-pipeline-num-layers give one line naming them (megatron asserts), when
+    the flags are parsed: for a run as for --dry-run."""
     with pytest.raises(ArgumentError, match=message):
         plan(_args_8b(tmp_path, *extra))
 
