@@ -42,23 +42,36 @@ VARIANTS = ("ours", "dense")
 DENSE_TXC_COPIES = 7
 
 
-def _measure(variant: str, tokens: int, hidden: int, num_bits: int, dtype: str, device: str, repeats: int,
-             warmup: int, chunk_size: int) -> dict:
+def _measure(
+    variant: str,
+    tokens: int,
+    hidden: int,
+    num_bits: int,
+    dtype: str,
+    device: str,
+    repeats: int,
+    warmup: int,
+    chunk_size: int,
+) -> dict:
     """Time and peak memory of forward+backward for one variant and size, in this process."""
     torch_dtype = getattr(torch, dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     logits = torch.randn(tokens, num_bits, generator=gen, device=device, dtype=torch_dtype).requires_grad_()
-    weight = (0.02 * torch.randn(2**num_bits, hidden, generator=gen, device=device, dtype=torch_dtype))
+    weight = 0.02 * torch.randn(2**num_bits, hidden, generator=gen, device=device, dtype=torch_dtype)
     weight.requires_grad_()
     weight.grad = torch.zeros_like(weight)  # the weight grad buffer is part of the model, not of the step
     logits.grad = torch.zeros_like(logits)
-    codes = posterior_codes(logits[None], torch.tensor([0], device=device), torch.arange(tokens, device=device)[None])[0]
+    codes = posterior_codes(logits[None], torch.tensor([0], device=device), torch.arange(tokens, device=device)[None])[
+        0
+    ]
     grad_out = torch.randn(tokens, hidden, generator=gen, device=device, dtype=torch_dtype)
 
     if variant == "ours":
+
         def step():
             binary_mapper_post_sampler(logits, codes, weight, chunk_size=chunk_size).backward(grad_out)
     elif variant == "dense":
+
         def step():
             dense_binary_mapper_reference(logits, codes, weight).backward(grad_out)
     else:
@@ -118,29 +131,62 @@ def _available_bytes(device: str) -> int:
     return psutil.virtual_memory().available
 
 
-def run(sizes=DEFAULT_SIZES, num_bits: int = 16, dtype: str = "float32", device: str | None = None,
-        repeats: int = 3, warmup: int = 1, chunk_size: int = 4096, variants=VARIANTS,
-        isolate: bool | None = None) -> list[dict]:
+def run(
+    sizes=DEFAULT_SIZES,
+    num_bits: int = 16,
+    dtype: str = "float32",
+    device: str | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    chunk_size: int = 4096,
+    variants=VARIANTS,
+    isolate: bool | None = None,
+) -> list[dict]:
     """Measure every (variant, T x D) in `sizes`; on CPU each in a fresh subprocess (isolate) for clean peak RSS."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     isolate = (device == "cpu") if isolate is None else isolate
     results = []
     for tokens, hidden in sizes:
         for variant in variants:
-            spec = dict(variant=variant, tokens=tokens, hidden=hidden, num_bits=num_bits, dtype=dtype,
-                        device=device, repeats=repeats, warmup=warmup, chunk_size=chunk_size)
+            spec = dict(
+                variant=variant,
+                tokens=tokens,
+                hidden=hidden,
+                num_bits=num_bits,
+                dtype=dtype,
+                device=device,
+                repeats=repeats,
+                warmup=warmup,
+                chunk_size=chunk_size,
+            )
             if variant == "dense":
-                need = DENSE_TXC_COPIES * tokens * 2**num_bits * torch.tensor([], dtype=getattr(torch, dtype)).element_size()
+                need = (
+                    DENSE_TXC_COPIES
+                    * tokens
+                    * 2**num_bits
+                    * torch.tensor([], dtype=getattr(torch, dtype)).element_size()
+                )
                 if need > 0.9 * _available_bytes(device):
-                    results.append({**spec, "benchmark": "binary_mapper",
-                                    "skipped": f"dense needs ~{need / 2**30:.1f} GiB, not available"})
+                    results.append(
+                        {
+                            **spec,
+                            "benchmark": "binary_mapper",
+                            "skipped": f"dense needs ~{need / 2**30:.1f} GiB, not available",
+                        }
+                    )
                     continue
             if isolate:
-                proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True
+                )
                 if proc.returncode != 0:
-                    results.append({**spec, "benchmark": "binary_mapper",
-                                    "skipped": f"subprocess exit {proc.returncode}: {proc.stderr.strip()[-300:]}"})
+                    results.append(
+                        {
+                            **spec,
+                            "benchmark": "binary_mapper",
+                            "skipped": f"subprocess exit {proc.returncode}: {proc.stderr.strip()[-300:]}",
+                        }
+                    )
                     continue
                 results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             else:
@@ -150,8 +196,7 @@ def run(sizes=DEFAULT_SIZES, num_bits: int = 16, dtype: str = "float32", device:
 
 
 def _row_summary(r: dict) -> str:
-    return (f"  {r['variant']:>5} T={r['tokens']} D={r['hidden']}: {r['time_ms']:.1f} ms, "
-            f"{r['peak_mem_mib']:.0f} MiB")
+    return f"  {r['variant']:>5} T={r['tokens']} D={r['hidden']}: {r['time_ms']:.1f} ms, {r['peak_mem_mib']:.0f} MiB"
 
 
 def format_table(results: list[dict]) -> str:
@@ -159,8 +204,10 @@ def format_table(results: list[dict]) -> str:
     by_size: dict[tuple, dict] = {}
     for r in results:
         by_size.setdefault((r["tokens"], r["num_bits"], r["hidden"]), {})[r["variant"]] = r
-    header = (f"| {'T':>5} | {'H':>2} | {'D':>4} | {'ours ms':>9} | {'dense ms':>9} | {'time x':>6} | "
-              f"{'ours MiB':>8} | {'dense MiB':>9} | {'mem x':>6} |")
+    header = (
+        f"| {'T':>5} | {'H':>2} | {'D':>4} | {'ours ms':>9} | {'dense ms':>9} | {'time x':>6} | "
+        f"{'ours MiB':>8} | {'dense MiB':>9} | {'mem x':>6} |"
+    )
     lines = [header, "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"]
     for (tokens, num_bits, hidden), row in by_size.items():
         ours, dense = row.get("ours", {}), row.get("dense", {})
@@ -172,10 +219,12 @@ def format_table(results: list[dict]) -> str:
         if "time_ms" in ours and "time_ms" in dense:
             time_ratio = f"{dense['time_ms'] / ours['time_ms']:.2f}"
             mem_ratio = f"{dense['peak_mem_mib'] / max(ours['peak_mem_mib'], 1e-9):.1f}"
-        lines.append(f"| {tokens:>5} | {num_bits:>2} | {hidden:>4} | {cell(ours, 'time_ms', '9.1f'):>9} | "
-                     f"{cell(dense, 'time_ms', '9.1f'):>9} | {time_ratio:>6} | "
-                     f"{cell(ours, 'peak_mem_mib', '8.0f'):>8} | {cell(dense, 'peak_mem_mib', '9.0f'):>9} | "
-                     f"{mem_ratio:>6} |")
+        lines.append(
+            f"| {tokens:>5} | {num_bits:>2} | {hidden:>4} | {cell(ours, 'time_ms', '9.1f'):>9} | "
+            f"{cell(dense, 'time_ms', '9.1f'):>9} | {time_ratio:>6} | "
+            f"{cell(ours, 'peak_mem_mib', '8.0f'):>8} | {cell(dense, 'peak_mem_mib', '9.0f'):>9} | "
+            f"{mem_ratio:>6} |"
+        )
     for r in results:
         if "skipped" in r:
             lines.append(f"skipped {r['variant']} T={r['tokens']} D={r['hidden']}: {r['skipped']}")
@@ -205,9 +254,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.child is not None:
         print(json.dumps(_measure(**json.loads(args.child))))
         return
-    results = run(sizes=args.sizes, num_bits=args.num_bits, dtype=args.dtype, device=args.device,
-                  repeats=args.repeats, warmup=args.warmup, chunk_size=args.chunk_size,
-                  variants=tuple(args.variants.split(",")))
+    results = run(
+        sizes=args.sizes,
+        num_bits=args.num_bits,
+        dtype=args.dtype,
+        device=args.device,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        chunk_size=args.chunk_size,
+        variants=tuple(args.variants.split(",")),
+    )
     print(format_table(results))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))

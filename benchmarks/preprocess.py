@@ -50,8 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def stdlib_files() -> list[str]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(str(p) for p in root.rglob("*.py")
-                  if "site-packages" not in p.parts and "dist-packages" not in p.parts and p.is_file())
+    return sorted(
+        str(p)
+        for p in root.rglob("*.py")
+        if "site-packages" not in p.parts and "dist-packages" not in p.parts and p.is_file()
+    )
 
 
 def site_packages_files() -> list[str]:
@@ -104,9 +107,16 @@ def _count_tokens(prefix: str) -> tuple[int, int]:
     return documents - 1, os.path.getsize(prefix + ".bin") // np.dtype(dtype).itemsize
 
 
-def run(workers=(1, 2), tokenizer: str = "sentencepiece", vocab_size: int = 4096, repeats: int = 1,
-        megatron_lm: str | None = None, megatron_lm_pythonpath: str | None = None, site_packages: bool = False,
-        log=sys.stderr) -> list[dict]:
+def run(
+    workers=(1, 2),
+    tokenizer: str = "sentencepiece",
+    vocab_size: int = 4096,
+    repeats: int = 1,
+    megatron_lm: str | None = None,
+    megatron_lm_pythonpath: str | None = None,
+    site_packages: bool = False,
+    log=sys.stderr,
+) -> list[dict]:
     files = stdlib_files() + (site_packages_files() if site_packages else [])
     results = []
     if megatron_lm is None:
@@ -125,12 +135,21 @@ def run(workers=(1, 2), tokenizer: str = "sentencepiece", vocab_size: int = 4096
         common = ["--input", corpus_path, "--append-eod"]
         if tokenizer == "sentencepiece":
             start = time.monotonic()
-            model = train_tokenizer(TokenizerTrainingConfig(
-                inputs=files[::8], model_prefix=os.path.join(tmp, "stdlib"), vocab_size=vocab_size,
-                input_format="text-files", skip_bad_lines=True), log=None)
+            model = train_tokenizer(
+                TokenizerTrainingConfig(
+                    inputs=files[::8],
+                    model_prefix=os.path.join(tmp, "stdlib"),
+                    vocab_size=vocab_size,
+                    input_format="text-files",
+                    skip_bad_lines=True,
+                ),
+                log=None,
+            )
             if log is not None:
-                log.write(f"trained a {vocab_size}-piece BPE model on {len(files[::8])} files "
-                          f"in {time.monotonic() - start:.1f} s\n")
+                log.write(
+                    f"trained a {vocab_size}-piece BPE model on {len(files[::8])} files "
+                    f"in {time.monotonic() - start:.1f} s\n"
+                )
             common += ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", model]
         elif tokenizer == "byte":
             common += ["--tokenizer-type", "ByteTokenizer"]
@@ -140,36 +159,65 @@ def run(workers=(1, 2), tokenizer: str = "sentencepiece", vocab_size: int = 4096
         megatron_env = dict(os.environ)
         if megatron_lm_pythonpath:
             megatron_env["PYTHONPATH"] = os.pathsep.join(
-                [megatron_lm_pythonpath] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+                [megatron_lm_pythonpath] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+            )
         for n in workers:
             variants = {"ours": ours_cli + common + ["--workers", str(n), "--output-prefix", os.path.join(tmp, "ours")]}
             if tokenizer == "sentencepiece":
-                variants["ours_sentencepiece"] = ours_cli + common + [
-                    "--workers", str(n), "--no-fast-tokenizer", "--output-prefix", os.path.join(tmp, "ours_sp")]
+                variants["ours_sentencepiece"] = (
+                    ours_cli
+                    + common
+                    + ["--workers", str(n), "--no-fast-tokenizer", "--output-prefix", os.path.join(tmp, "ours_sp")]
+                )
             if megatron_skip is None:
-                variants["megatron_lm"] = [sys.executable, str(Path(megatron_lm) / "tools" / "preprocess_data.py")] + \
-                    common + ["--workers", str(n), "--output-prefix", os.path.join(tmp, "megatron")]
+                variants["megatron_lm"] = (
+                    [sys.executable, str(Path(megatron_lm) / "tools" / "preprocess_data.py")]
+                    + common
+                    + ["--workers", str(n), "--output-prefix", os.path.join(tmp, "megatron")]
+                )
             times = {name: [] for name in variants}
             for _ in range(repeats):
                 for name, command in variants.items():
-                    times[name].append(_timed(command, env=megatron_env if name == "megatron_lm" else None,
-                                              cwd=megatron_lm if name == "megatron_lm" else None))
+                    times[name].append(
+                        _timed(
+                            command,
+                            env=megatron_env if name == "megatron_lm" else None,
+                            cwd=megatron_lm if name == "megatron_lm" else None,
+                        )
+                    )
             prefixes = {"ours": "ours", "ours_sentencepiece": "ours_sp", "megatron_lm": "megatron"}
             digests = {name: _digest(os.path.join(tmp, prefixes[name] + "_text_document")) for name in variants}
             documents, tokens = _count_tokens(os.path.join(tmp, "ours_text_document"))
-            row = dict(benchmark="preprocess", corpus="stdlib .py" + (" + site-packages" if site_packages else ""),
-                       corpus_mb=corpus["mb"], not_utf8=corpus["not_utf8"], tokenizer=tokenizer,
-                       vocab_size=vocab_size if tokenizer == "sentencepiece" else None, workers=n, cpus=os.cpu_count(),
-                       repeats=repeats, documents=documents, tokens=tokens)
+            row = dict(
+                benchmark="preprocess",
+                corpus="stdlib .py" + (" + site-packages" if site_packages else ""),
+                corpus_mb=corpus["mb"],
+                not_utf8=corpus["not_utf8"],
+                tokenizer=tokenizer,
+                vocab_size=vocab_size if tokenizer == "sentencepiece" else None,
+                workers=n,
+                cpus=os.cpu_count(),
+                repeats=repeats,
+                documents=documents,
+                tokens=tokens,
+            )
             for name in variants:
                 wall, cpu = sorted(times[name])[len(times[name]) // 2]
-                row[name] = {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 2),
-                             "seconds_all": [round(t, 3) for t, _ in times[name]],
-                             "tokens_per_s": round(tokens / wall), "mb_per_s": round(corpus["mb"] / wall, 2),
-                             "identical_to_ours": digests[name] == digests["ours"]}
+                row[name] = {
+                    "seconds": round(wall, 3),
+                    "cpu_seconds": round(cpu, 2),
+                    "seconds_all": [round(t, 3) for t, _ in times[name]],
+                    "tokens_per_s": round(tokens / wall),
+                    "mb_per_s": round(corpus["mb"] / wall, 2),
+                    "identical_to_ours": digests[name] == digests["ours"],
+                }
             # the unified benchmark's columns: ours
-            row.update(seconds=row["ours"]["seconds"], cpu_seconds=row["ours"]["cpu_seconds"],
-                       tokens_per_s=row["ours"]["tokens_per_s"], mb_per_s=row["ours"]["mb_per_s"])
+            row.update(
+                seconds=row["ours"]["seconds"],
+                cpu_seconds=row["ours"]["cpu_seconds"],
+                tokens_per_s=row["ours"]["tokens_per_s"],
+                mb_per_s=row["ours"]["mb_per_s"],
+            )
             if "megatron_lm" in row:
                 row["speedup_vs_megatron_lm"] = round(row["megatron_lm"]["seconds"] / row["ours"]["seconds"], 2)
             else:
@@ -181,8 +229,10 @@ def run(workers=(1, 2), tokenizer: str = "sentencepiece", vocab_size: int = 4096
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'workers':>7} {'variant':<20} {'seconds':>8} {'cpu s':>7} {'tokens/s':>12} {'MB/s':>6} "
-          f"{'same bytes':>10} {'ours x':>7}")
+    print(
+        f"{'workers':>7} {'variant':<20} {'seconds':>8} {'cpu s':>7} {'tokens/s':>12} {'MB/s':>6} "
+        f"{'same bytes':>10} {'ours x':>7}"
+    )
     for r in results:
         for name in ("ours", "ours_sentencepiece", "megatron_lm"):
             v = r.get(name)
@@ -192,8 +242,10 @@ def print_table(results: list[dict]) -> None:
                 print(f"{r['workers']:>7} {name:<20} skipped: {v['skipped']}")
                 continue
             ratio = v["seconds"] / r["ours"]["seconds"]
-            print(f"{r['workers']:>7} {name:<20} {v['seconds']:>8.2f} {v['cpu_seconds']:>7.2f} {v['tokens_per_s']:>12,} "
-                  f"{v['mb_per_s']:>6.2f} {str(v['identical_to_ours']):>10} {ratio:>7.2f}")
+            print(
+                f"{r['workers']:>7} {name:<20} {v['seconds']:>8.2f} {v['cpu_seconds']:>7.2f} {v['tokens_per_s']:>12,} "
+                f"{v['mb_per_s']:>6.2f} {str(v['identical_to_ours']):>10} {ratio:>7.2f}"
+            )
     first = results[0]
     print(f"{first['documents']:,} documents, {first['tokens']:,} tokens; 'ours x' = that row's seconds / ours")
 
@@ -205,16 +257,28 @@ def main(argv=None) -> int:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3, help="runs per worker count and variant; the median is reported")
     p.add_argument("--megatron-lm", default=None, help="a Megatron-LM checkout: runs its tools/preprocess_data.py")
-    p.add_argument("--megatron-lm-pythonpath", default=None,
-                   help="folders added to PYTHONPATH for Megatron-LM's process only (its six, triton)")
+    p.add_argument(
+        "--megatron-lm-pythonpath",
+        default=None,
+        help="folders added to PYTHONPATH for Megatron-LM's process only (its six, triton)",
+    )
     p.add_argument("--site-packages", action="store_true", help="add this interpreter's site-packages .py files")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
-    results = run(args.workers, args.tokenizer, args.vocab_size, args.repeats, args.megatron_lm,
-                  args.megatron_lm_pythonpath, args.site_packages)
+    results = run(
+        args.workers,
+        args.tokenizer,
+        args.vocab_size,
+        args.repeats,
+        args.megatron_lm,
+        args.megatron_lm_pythonpath,
+        args.site_packages,
+    )
     first = results[0]
-    print(f"preprocessing {first['corpus']} as JSONL ({first['corpus_mb']} MB), tokenizer {first['tokenizer']}, "
-          f"{first['cpus']} CPUs, whole processes, median of {first['repeats']} runs")
+    print(
+        f"preprocessing {first['corpus']} as JSONL ({first['corpus_mb']} MB), tokenizer {first['tokenizer']}, "
+        f"{first['cpus']} CPUs, whole processes, median of {first['repeats']} runs"
+    )
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

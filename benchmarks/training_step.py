@@ -75,8 +75,9 @@ class StepConfig:
     @property
     def name(self) -> str:
         name = f"L{self.num_layers}-D{self.hidden_size}-T{self.seq_length}-B{self.micro_batch_size}-H{self.latent_bits}"
-        default = StepConfig(self.num_layers, self.hidden_size, self.seq_length, self.micro_batch_size,
-                             self.latent_bits)
+        default = StepConfig(
+            self.num_layers, self.hidden_size, self.seq_length, self.micro_batch_size, self.latent_bits
+        )
         for letter, field in _SPEC_FIELDS.items():
             if letter not in "LDTBH" and getattr(self, field) != getattr(default, field):
                 name += f"-{letter}{getattr(self, field)}"
@@ -86,19 +87,46 @@ class StepConfig:
     def tokens_per_step(self) -> int:
         return self.seq_length * self.micro_batch_size * self.num_microbatches
 
-    def argv(self, baseline: bool, iterations: int, bf16: bool = False, fp8: bool = False,
-             transformer_impl: str | None = None) -> list[str]:
+    def argv(
+        self,
+        baseline: bool,
+        iterations: int,
+        bf16: bool = False,
+        fp8: bool = False,
+        transformer_impl: str | None = None,
+    ) -> list[str]:
         """Flags for megatron_free.arguments.parse_args: the same for both models but --baseline."""
         argv = [
-            "--num-layers", str(self.num_layers), "--hidden-size", str(self.hidden_size),
-            "--ffn-hidden-size", str(self.ffn_hidden_size),
-            "--num-attention-heads", str(self.num_attention_heads),
-            "--group-query-attention", "--num-query-groups", str(self.num_query_groups),
-            "--seq-length", str(self.seq_length), "--micro-batch-size", str(self.micro_batch_size),
-            "--global-batch-size", str(self.micro_batch_size * self.num_microbatches),
-            "--mock-data", "--vocab-size", str(self.vocab_size), "--make-vocab-size-divisible-by", "128",
-            "--latent-bits", str(self.latent_bits), "--train-iters", str(iterations),
-            "--lr-warmup-iters", "0", "--seed", "1234",
+            "--num-layers",
+            str(self.num_layers),
+            "--hidden-size",
+            str(self.hidden_size),
+            "--ffn-hidden-size",
+            str(self.ffn_hidden_size),
+            "--num-attention-heads",
+            str(self.num_attention_heads),
+            "--group-query-attention",
+            "--num-query-groups",
+            str(self.num_query_groups),
+            "--seq-length",
+            str(self.seq_length),
+            "--micro-batch-size",
+            str(self.micro_batch_size),
+            "--global-batch-size",
+            str(self.micro_batch_size * self.num_microbatches),
+            "--mock-data",
+            "--vocab-size",
+            str(self.vocab_size),
+            "--make-vocab-size-divisible-by",
+            "128",
+            "--latent-bits",
+            str(self.latent_bits),
+            "--train-iters",
+            str(iterations),
+            "--lr-warmup-iters",
+            "0",
+            "--seed",
+            "1234",
         ]
         if baseline:
             argv.append("--baseline")
@@ -113,16 +141,31 @@ class StepConfig:
     def shape(self, baseline: bool) -> ModelShape:
         vocab = 128 * math.ceil(self.vocab_size / 128)  # as --make-vocab-size-divisible-by 128 pads it
         return ModelShape(
-            num_layers=self.num_layers, hidden_size=self.hidden_size, ffn_hidden_size=self.ffn_hidden_size,
-            num_attention_heads=self.num_attention_heads, num_query_groups=self.num_query_groups,
-            vocab_size=vocab, seq_length=self.seq_length, tied_embeddings=True, baseline=baseline,
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            ffn_hidden_size=self.ffn_hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            num_query_groups=self.num_query_groups,
+            vocab_size=vocab,
+            seq_length=self.seq_length,
+            tied_embeddings=True,
+            baseline=baseline,
             latent_bits=self.latent_bits,
         )
 
 
-_SPEC_FIELDS = {"L": "num_layers", "D": "hidden_size", "T": "seq_length", "B": "micro_batch_size",
-                "H": "latent_bits", "V": "vocab_size", "F": "ffn_hidden_size", "A": "num_attention_heads",
-                "G": "num_query_groups", "M": "num_microbatches"}
+_SPEC_FIELDS = {
+    "L": "num_layers",
+    "D": "hidden_size",
+    "T": "seq_length",
+    "B": "micro_batch_size",
+    "H": "latent_bits",
+    "V": "vocab_size",
+    "F": "ffn_hidden_size",
+    "A": "num_attention_heads",
+    "G": "num_query_groups",
+    "M": "num_microbatches",
+}
 
 
 def parse_config(spec: str) -> StepConfig:
@@ -131,8 +174,10 @@ def parse_config(spec: str) -> StepConfig:
     for part in spec.split("-"):
         match = re.fullmatch(r"([A-Z])(\d+)", part.strip())
         if not match or match.group(1) not in _SPEC_FIELDS:
-            raise ValueError(f"training-step config {spec!r}: bad part {part!r}; expected letters "
-                             f"{''.join(_SPEC_FIELDS)} each followed by a number, e.g. L8-D512-T256-B4-H16")
+            raise ValueError(
+                f"training-step config {spec!r}: bad part {part!r}; expected letters "
+                f"{''.join(_SPEC_FIELDS)} each followed by a number, e.g. L8-D512-T256-B4-H16"
+            )
         values[_SPEC_FIELDS[match.group(1)]] = int(match.group(2))
     missing = [letter for letter in "LDTBH" if _SPEC_FIELDS[letter] not in values]
     if missing:
@@ -142,8 +187,9 @@ def parse_config(spec: str) -> StepConfig:
 
 # CPU: a step takes ~1 s on 2 idle cores; H=16 (the paper's 65536 codes) beside H=8 (a 256-row
 # post-sampler, so nearly the encoder block alone).
-CPU_CONFIGS = tuple(parse_config(s) for s in (
-    "L4-D256-T512-B2-H16", "L4-D256-T512-B2-H8", "L8-D512-T256-B2-H16", "L8-D512-T256-B2-H8"))
+CPU_CONFIGS = tuple(
+    parse_config(s) for s in ("L4-D256-T512-B2-H16", "L4-D256-T512-B2-H8", "L8-D512-T256-B2-H16", "L8-D512-T256-B2-H8")
+)
 QUICK_CONFIGS = (parse_config("L2-D64-T32-B2-H8-V512"),)
 # The paper's 1.5B shape (Qwen2-1.5B-like: 28 x 1536, 12/2 heads, FFN 8960, 2^17 vocabulary, tied).
 GPU_1P5B = parse_config("L28-D1536-T2048-B2-H16-V131072-F8960-A12-G2-M8")
@@ -205,8 +251,14 @@ def _worker(conn, argv: list[str], threads: int | None) -> None:
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        conn.send({"ready": True, "parameters": parameters, "threads": torch.get_num_threads(),
-                   "device": torch.cuda.get_device_name() if cuda else "cpu"})
+        conn.send(
+            {
+                "ready": True,
+                "parameters": parameters,
+                "threads": torch.get_num_threads(),
+                "device": torch.cuda.get_device_name() if cuda else "cpu",
+            }
+        )
         while (command := conn.recv()) == "step":
             start, start_cpu = time.perf_counter(), time.process_time()
             losses, _, updated = train_step(forward_step, train_iter, model_chunks, optimizer, batch, args.clip_grad)
@@ -214,18 +266,28 @@ def _worker(conn, argv: list[str], threads: int | None) -> None:
                 scheduler.step(increment=args.global_batch_size)
             if cuda:
                 torch.cuda.synchronize()  # the time must include the queued kernels
-            conn.send({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu,
-                       "lm_loss": losses.get("lm loss")})
+            conn.send(
+                {
+                    "seconds": time.perf_counter() - start,
+                    "cpu_seconds": time.process_time() - start_cpu,
+                    "lm_loss": losses.get("lm loss"),
+                }
+            )
         assert command == "stop", command
         if cuda:
-            memory = {"mem_mib": torch.cuda.max_memory_allocated() / 2**20,
-                      "mem_method": "torch.cuda.max_memory_allocated"}
+            memory = {
+                "mem_mib": torch.cuda.max_memory_allocated() / 2**20,
+                "mem_method": "torch.cuda.max_memory_allocated",
+            }
         else:
             peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-            memory = {"mem_mib": (peak_rss - rss_imports) / 2**20,
-                      "mem_method": "peak RSS (ru_maxrss) above the RSS after imports",
-                      "peak_rss_mib": peak_rss / 2**20, "rss_imports_mib": rss_imports / 2**20,
-                      "rss_after_setup_mib": rss_setup / 2**20}
+            memory = {
+                "mem_mib": (peak_rss - rss_imports) / 2**20,
+                "mem_method": "peak RSS (ru_maxrss) above the RSS after imports",
+                "peak_rss_mib": peak_rss / 2**20,
+                "rss_imports_mib": rss_imports / 2**20,
+                "rss_after_setup_mib": rss_setup / 2**20,
+            }
         conn.send(memory)
         destroy_distributed()
     except BaseException:  # noqa: BLE001 - the traceback goes back to the parent
@@ -285,19 +347,36 @@ class _Worker:
 def _summary(ready: dict, steps: list[dict], memory: dict, config: StepConfig, warmup: int) -> dict:
     times = [s["seconds"] for s in steps[warmup:]]
     median = statistics.median(times)
-    return {"time_s": median, "time_s_all": times, "tokens_per_s": config.tokens_per_step / median,
-            "cpu_s": statistics.median(s["cpu_seconds"] for s in steps[warmup:]),
-            "lm_loss_last": steps[-1]["lm_loss"], "parameters": ready["parameters"], **memory}
+    return {
+        "time_s": median,
+        "time_s_all": times,
+        "tokens_per_s": config.tokens_per_step / median,
+        "cpu_s": statistics.median(s["cpu_seconds"] for s in steps[warmup:]),
+        "lm_loss_last": steps[-1]["lm_loss"],
+        "parameters": ready["parameters"],
+        **memory,
+    }
 
 
-def measure_pair(config: StepConfig, steps: int = 10, warmup: int = 2, threads: int | None = None,
-                 device: str = "cpu", bf16: bool = False, fp8: bool = False, transformer_impl: str | None = None,
-                 peak_tflops: float | None = None, log=sys.stderr) -> dict:
+def measure_pair(
+    config: StepConfig,
+    steps: int = 10,
+    warmup: int = 2,
+    threads: int | None = None,
+    device: str = "cpu",
+    bf16: bool = False,
+    fp8: bool = False,
+    transformer_impl: str | None = None,
+    peak_tflops: float | None = None,
+    log=sys.stderr,
+) -> dict:
     """Free Transformer and baseline of one config: their step times and memory, the measured and the
     analytic ratios. On CPU both workers live together and step alternately; on CUDA one after the other."""
     ctx = mp.get_context("spawn")
-    argvs = {label: config.argv(label == "baseline", warmup + steps, bf16, fp8, transformer_impl)
-             for label in ("free", "baseline")}
+    argvs = {
+        label: config.argv(label == "baseline", warmup + steps, bf16, fp8, transformer_impl)
+        for label in ("free", "baseline")
+    }
     alternate = device == "cpu"
     env = {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}
     results = {}
@@ -322,11 +401,18 @@ def measure_pair(config: StepConfig, steps: int = 10, warmup: int = 2, threads: 
                     worker.kill()
     free, base = results["free"], results["baseline"]
     row = {
-        "benchmark": "training_step", "config": config.name, **asdict(config),
-        "device": free["device"], "dtype": "fp8 (hybrid) + bf16" if fp8 else "bf16" if bf16 else "float32",
-        "threads": free["threads"], "alternating": alternate, "warmup": warmup, "steps": steps,
+        "benchmark": "training_step",
+        "config": config.name,
+        **asdict(config),
+        "device": free["device"],
+        "dtype": "fp8 (hybrid) + bf16" if fp8 else "bf16" if bf16 else "float32",
+        "threads": free["threads"],
+        "alternating": alternate,
+        "warmup": warmup,
+        "steps": steps,
         "tokens_per_step": config.tokens_per_step,
-        "free": free, "baseline": base,
+        "free": free,
+        "baseline": base,
         "time_ratio": free["time_s"] / base["time_s"],
         # median over rounds of (Free step / the baseline step next to it in time): a load change on a
         # shared machine hits both steps of a round alike
@@ -344,18 +430,30 @@ def measure_pair(config: StepConfig, steps: int = 10, warmup: int = 2, threads: 
     if peak_tflops:
         row["peak_tflops"] = peak_tflops
     if log is not None:
-        log.write(f"  {config.name}: free {free['time_s']:.3f} s {free['mem_mib']:.0f} MiB, "
-                  f"baseline {base['time_s']:.3f} s {base['mem_mib']:.0f} MiB\n")
+        log.write(
+            f"  {config.name}: free {free['time_s']:.3f} s {free['mem_mib']:.0f} MiB, "
+            f"baseline {base['time_s']:.3f} s {base['mem_mib']:.0f} MiB\n"
+        )
         log.flush()
     return row
 
 
-def run(configs=CPU_CONFIGS, steps: int = 10, warmup: int = 2, threads: int | None = None,
-        device: str = "cpu", bf16: bool = False, fp8: bool = False, transformer_impl: str | None = None,
-        peak_tflops: float | None = None, log=sys.stderr) -> list[dict]:
+def run(
+    configs=CPU_CONFIGS,
+    steps: int = 10,
+    warmup: int = 2,
+    threads: int | None = None,
+    device: str = "cpu",
+    bf16: bool = False,
+    fp8: bool = False,
+    transformer_impl: str | None = None,
+    peak_tflops: float | None = None,
+    log=sys.stderr,
+) -> list[dict]:
     """One row per config (see measure_pair)."""
-    return [measure_pair(c, steps, warmup, threads, device, bf16, fp8, transformer_impl, peak_tflops, log)
-            for c in configs]
+    return [
+        measure_pair(c, steps, warmup, threads, device, bf16, fp8, transformer_impl, peak_tflops, log) for c in configs
+    ]
 
 
 def _rule(header: str) -> str:
@@ -365,8 +463,10 @@ def _rule(header: str) -> str:
 
 def format_table(results: list[dict]) -> str:
     """Per config: step times and memory of both models, measured ratios, analytic FLOP ratio."""
-    header = (f"| {'config':<22} | {'free s':>6} | {'base s':>6} | {'time x':>6} | {'cpu x':>5} | {'free MiB':>8} | "
-              f"{'base MiB':>8} | {'mem x':>5} | {'FLOP x':>6} | {'enc +':>5} | {'mapper +':>8} | {'params x':>8} |")
+    header = (
+        f"| {'config':<22} | {'free s':>6} | {'base s':>6} | {'time x':>6} | {'cpu x':>5} | {'free MiB':>8} | "
+        f"{'base MiB':>8} | {'mem x':>5} | {'FLOP x':>6} | {'enc +':>5} | {'mapper +':>8} | {'params x':>8} |"
+    )
     lines = [header, _rule(header)]
     for r in results:
         if "skipped" in r:
@@ -377,18 +477,23 @@ def format_table(results: list[dict]) -> str:
             f"{r['time_ratio_paired']:>6.3f} | {r['cpu_time_ratio']:>5.2f} | {r['free']['mem_mib']:>8.0f} | "
             f"{r['baseline']['mem_mib']:>8.0f} | {r['mem_ratio']:>5.2f} | {r['flop_ratio']:>6.3f} | "
             f"{100 * r['flop_share_encoder']:>4.1f}% | {100 * r['flop_share_mapper_backward']:>7.1f}% | "
-            f"{r['parameter_ratio']:>8.3f} |")
-    lines += ["free s, base s: median step wall time; time x: median over rounds of Free / baseline step time;",
-              "cpu x: Free / baseline median CPU seconds per step; mem x: Free / baseline memory;",
-              "FLOP x: analytic, 1 + enc + mapper (the encoder block and the mapper's T x C x D backward as shares",
-              "of the baseline's FLOPs); params x: Free / baseline parameters, the C x D post-sampler included"]
+            f"{r['parameter_ratio']:>8.3f} |"
+        )
+    lines += [
+        "free s, base s: median step wall time; time x: median over rounds of Free / baseline step time;",
+        "cpu x: Free / baseline median CPU seconds per step; mem x: Free / baseline memory;",
+        "FLOP x: analytic, 1 + enc + mapper (the encoder block and the mapper's T x C x D backward as shares",
+        "of the baseline's FLOPs); params x: Free / baseline parameters, the C x D post-sampler included",
+    ]
     return "\n".join(lines)
 
 
 def format_throughput_table(results: list[dict]) -> str:
     """GPU rows: tokens/s, model TFLOP/s and MFU of both models per precision."""
-    header = (f"| {'config':<44} | {'dtype':<18} | {'model':<8} | {'tokens/s':>9} | {'TFLOP/s':>7} | "
-              f"{'MFU':>5} | {'GiB':>5} |")
+    header = (
+        f"| {'config':<44} | {'dtype':<18} | {'model':<8} | {'tokens/s':>9} | {'TFLOP/s':>7} | "
+        f"{'MFU':>5} | {'GiB':>5} |"
+    )
     lines = [header, _rule(header)]
     for r in results:
         if "skipped" in r:
@@ -397,13 +502,16 @@ def format_throughput_table(results: list[dict]) -> str:
         for label in ("free", "baseline"):
             m = r[label]
             mfu = f"{100 * m['mfu']:.1f}%" if "mfu" in m else "-"
-            lines.append(f"| {r['config']:<44} | {r['dtype']:<18} | {label:<8} | {m['tokens_per_s']:>9.0f} | "
-                         f"{m['model_tflops']:>7.1f} | {mfu:>5} | {m['mem_mib'] / 1024:>5.1f} |")
+            lines.append(
+                f"| {r['config']:<44} | {r['dtype']:<18} | {label:<8} | {m['tokens_per_s']:>9.0f} | "
+                f"{m['model_tflops']:>7.1f} | {mfu:>5} | {m['mem_mib'] / 1024:>5.1f} |"
+            )
     return "\n".join(lines)
 
 
-def run_gpu(num_layers: int | None = None, steps: int = 10, warmup: int = 3, peak_tflops: float = 989.0,
-            log=sys.stderr) -> list[dict]:
+def run_gpu(
+    num_layers: int | None = None, steps: int = 10, warmup: int = 3, peak_tflops: float = 989.0, log=sys.stderr
+) -> list[dict]:
     """Part (d): the 1.5B shape (or --gpu-layers of it) in bf16 and FP8, Free vs baseline, on one GPU.
     MFU is against the dense bf16 peak (H100 SXM: 989 TFLOP/s) for both precisions."""
     import importlib.util
@@ -423,8 +531,18 @@ def run_gpu(num_layers: int | None = None, steps: int = 10, warmup: int = 3, pea
             print(f"gpu {dtype}: skipped: {reason}", file=log)
             rows.append({"benchmark": "gpu_throughput", "config": config.name, "dtype": dtype, "skipped": reason})
             continue
-        row = measure_pair(config, steps, warmup, None, "cuda", bf16=True, fp8=fp8, transformer_impl=impl,
-                           peak_tflops=peak_tflops, log=log)
+        row = measure_pair(
+            config,
+            steps,
+            warmup,
+            None,
+            "cuda",
+            bf16=True,
+            fp8=fp8,
+            transformer_impl=impl,
+            peak_tflops=peak_tflops,
+            log=log,
+        )
         row["benchmark"] = "gpu_throughput"
         rows.append(row)
     return rows
@@ -432,8 +550,11 @@ def run_gpu(num_layers: int | None = None, steps: int = 10, warmup: int = 3, pea
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default=",".join(c.name for c in CPU_CONFIGS),
-                   help="comma list of config specs, e.g. L8-D512-T256-B2-H16 (see the module docstring)")
+    p.add_argument(
+        "--configs",
+        default=",".join(c.name for c in CPU_CONFIGS),
+        help="comma list of config specs, e.g. L8-D512-T256-B2-H16 (see the module docstring)",
+    )
     p.add_argument("--steps", type=int, default=10, help="timed steps per model; the median is reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per worker (default: torch's)")

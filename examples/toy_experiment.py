@@ -38,29 +38,57 @@ sys.path.insert(0, str(REPO))  # megatron_free and benchmarks without an install
 from benchmarks import cpu_model  # noqa: E402
 
 # (name, kappa in bits per token; None for the baseline), in the order of the table.
-RUNS = [("baseline", None), ("kappa=1/64", 1 / 64), ("kappa=1/8", 1 / 8), ("kappa=1", 1.0),
-        ("kappa=8", 8.0)]
+RUNS = [("baseline", None), ("kappa=1/64", 1 / 64), ("kappa=1/8", 1 / 8), ("kappa=1", 1.0), ("kappa=8", 8.0)]
 
 # A small Llama-style model: 4 blocks (Z enters block 3, the encoder reads block 2's output),
 # hidden 64, SwiGLU 192, 4 query / 2 KV heads of 16 channels.
 # 288K parameters (decoder 197K, encoder block 50K, post-sampler 33K at H = 9, tied embedding 8K).
 LAYERS, HIDDEN, BATCH, LR = 4, 64, 16, 0.006
 MODEL_FLAGS = [
-    "--toy-data", "--seq-length", "66", "--num-layers", str(LAYERS), "--hidden-size", str(HIDDEN),
-    "--ffn-hidden-size", str(3 * HIDDEN), "--num-attention-heads", "4", "--group-query-attention",
-    "--num-query-groups", "2",
+    "--toy-data",
+    "--seq-length",
+    "66",
+    "--num-layers",
+    str(LAYERS),
+    "--hidden-size",
+    str(HIDDEN),
+    "--ffn-hidden-size",
+    str(3 * HIDDEN),
+    "--num-attention-heads",
+    "4",
+    "--group-query-attention",
+    "--num-query-groups",
+    "2",
 ]
 TRAIN_FLAGS = [
-    "--micro-batch-size", str(BATCH), "--global-batch-size", str(BATCH), "--lr", str(LR),
-    "--min-lr", f"{LR / 10:g}", "--lr-warmup-iters", "50", "--lr-decay-style", "cosine",
-    "--weight-decay", "0.01", "--clip-grad", "1.0", "--log-interval", "100", "--eval-iters", "32",
-    "--seed", "1234",
+    "--micro-batch-size",
+    str(BATCH),
+    "--global-batch-size",
+    str(BATCH),
+    "--lr",
+    str(LR),
+    "--min-lr",
+    f"{LR / 10:g}",
+    "--lr-warmup-iters",
+    "50",
+    "--lr-decay-style",
+    "cosine",
+    "--weight-decay",
+    "0.01",
+    "--clip-grad",
+    "1.0",
+    "--log-interval",
+    "100",
+    "--eval-iters",
+    "32",
+    "--seed",
+    "1234",
 ]
 
 # The paper's findings, as tests on the measures (printed in the report with the thresholds).
-CARRIED_MIN, CARRIED_MARGIN = 0.5, 0.3   # shared-Z agreement >= 0.5 and >= independent + 0.3
-PARTLY_MARGIN = 0.1                      # shared-Z agreement >= independent + 0.1: partly carried
-BREAKS_MARGIN = 0.2                      # well-formed rate >= 0.2 below the baseline's
+CARRIED_MIN, CARRIED_MARGIN = 0.5, 0.3  # shared-Z agreement >= 0.5 and >= independent + 0.3
+PARTLY_MARGIN = 0.1  # shared-Z agreement >= independent + 0.1: partly carried
+BREAKS_MARGIN = 0.2  # well-formed rate >= 0.2 below the baseline's
 ENTROPY_NATS = (math.log(57) + 64 * -(1 / 16 * math.log(1 / 16) + 15 / 16 * math.log(15 / 16))) / 66
 
 
@@ -79,16 +107,37 @@ def kappa_label(kappa) -> str:
 
 
 def train_command(args, kappa, save: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "megatron_free.pretrain", *MODEL_FLAGS, *TRAIN_FLAGS,
-           "--train-iters", str(args.train_iters), "--eval-interval", str(args.eval_interval),
-           "--save", str(save)]
-    return cmd + (["--baseline"] if kappa is None else
-                  ["--latent-bits", str(args.latent_bits), "--free-bits", repr(kappa)])
+    cmd = [
+        sys.executable,
+        "-m",
+        "megatron_free.pretrain",
+        *MODEL_FLAGS,
+        *TRAIN_FLAGS,
+        "--train-iters",
+        str(args.train_iters),
+        "--eval-interval",
+        str(args.eval_interval),
+        "--save",
+        str(save),
+    ]
+    return cmd + (
+        ["--baseline"] if kappa is None else ["--latent-bits", str(args.latent_bits), "--free-bits", repr(kappa)]
+    )
 
 
 def evaluate_command(args, load: Path, out: Path) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--evaluate", str(load),
-            "--json", str(out), "--groups", str(args.groups), "--group-size", str(args.group_size)]
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--evaluate",
+        str(load),
+        "--json",
+        str(out),
+        "--groups",
+        str(args.groups),
+        "--group-size",
+        str(args.group_size),
+    ]
 
 
 def run_pipelines(args, work: Path) -> dict:
@@ -107,8 +156,7 @@ def run_pipelines(args, work: Path) -> dict:
         steps = []
         if not (args.reuse and (save / "latest_checkpointed_iteration.txt").exists()):
             steps.append(("train", train_command(args, kappa, save), folder / "train.log"))
-        steps.append(("evaluate", evaluate_command(args, save, folder / "samples.json"),
-                      folder / "evaluate.log"))
+        steps.append(("evaluate", evaluate_command(args, save, folder / "samples.json"), folder / "evaluate.log"))
         pending.append((name, steps))
     seconds = {}
     running = []  # (name, step, process, start, remaining steps)
@@ -137,8 +185,7 @@ def run_pipelines(args, work: Path) -> dict:
                     other.terminate()
                 tail = "".join(open(log).readlines()[-15:])
                 sys.exit(f"{name}: {kind} failed (exit {process.returncode}); {log} ends:\n{tail}")
-            print(f"[{time.strftime('%H:%M:%S')}] {name}: {kind} done in "
-                  f"{seconds[f'{name} {kind}']:.0f} s", flush=True)
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {kind} done in {seconds[f'{name} {kind}']:.0f} s", flush=True)
             if rest:
                 start(name, rest)
     return seconds
@@ -169,8 +216,8 @@ def evaluate_checkpoint(load: str, out: str, groups: int, group_size: int) -> No
     """In this process: load the checkpoint, generate the groups, write the measures as JSON."""
     import torch
 
-    from megatron_free.inference.checkpoint import load_for_inference
     from megatron_free.data.toy import LETTERS
+    from megatron_free.inference.checkpoint import load_for_inference
     from megatron_free.inference.toy_study import generate_groups, summarize_groups
     from megatron_free.parallel.distributed import destroy_distributed, select_device
 
@@ -179,16 +226,20 @@ def evaluate_checkpoint(load: str, out: str, groups: int, group_size: int) -> No
     model, description, tokenizer, _, iteration = load_for_inference(load)
     latent_bits = None if description.baseline else description.latent_bits
     letters = "".join(LETTERS[(7 * i) % len(LETTERS)] for i in range(groups))  # varied prompts
-    result = {"latent_bits": latent_bits, "free_bits": None if description.baseline else description.free_bits,
-              "train_iters": iteration, "letters": letters, "group_size": group_size}
+    result = {
+        "latent_bits": latent_bits,
+        "free_bits": None if description.baseline else description.free_bits,
+        "train_iters": iteration,
+        "letters": letters,
+        "group_size": group_size,
+    }
     for setting, shared, seed in (("independent", False, 1000), ("shared", True, 2000)):
         began = time.perf_counter()
-        texts = generate_groups([model], tokenizer, letters, group_size, shared_z=shared,
-                                latent_bits=latent_bits, seed=seed)
-        result[setting] = {"groups": texts, **summarize_groups(texts),
-                           "seconds": time.perf_counter() - began}
-        print(f"{setting} Z: {json.dumps({k: v for k, v in result[setting].items() if k != 'groups'})}",
-              flush=True)
+        texts = generate_groups(
+            [model], tokenizer, letters, group_size, shared_z=shared, latent_bits=latent_bits, seed=seed
+        )
+        result[setting] = {"groups": texts, **summarize_groups(texts), "seconds": time.perf_counter() - began}
+        print(f"{setting} Z: {json.dumps({k: v for k, v in result[setting].items() if k != 'groups'})}", flush=True)
     Path(out).write_text(json.dumps(result, indent=1))
     destroy_distributed()
 
@@ -226,15 +277,27 @@ def samples_figure(results: dict, path: Path, lines: int = 8) -> None:
         fig.text(0.01, y(row), title, fontsize=8.5, fontweight="bold", va="top")
         for column, setting in enumerate(("independent", "shared")):
             x = 0.01 + 0.5 * column
-            fig.text(x, y(row + 1), f"{setting} Z", fontsize=7, color="#555555", va="top",
-                     style="italic")
+            fig.text(x, y(row + 1), f"{setting} Z", fontsize=7, color="#555555", va="top", style="italic")
             for i, text in enumerate(result[setting]["groups"][0][:lines]):
                 ok = parse_toy_sample(text) is not None
-                fig.text(x, y(row + 2 + i), text, family="monospace", fontsize=6.6, va="top",
-                         color="#1f3f8f" if ok else "#c0392b")
+                fig.text(
+                    x,
+                    y(row + 2 + i),
+                    text,
+                    family="monospace",
+                    fontsize=6.6,
+                    va="top",
+                    color="#1f3f8f" if ok else "#c0392b",
+                )
         row += block
-    fig.text(0.01, y(row), "blue: well formed, red: not. Both columns from the same prompt.",
-             fontsize=7, color="#555555", va="top")
+    fig.text(
+        0.01,
+        y(row),
+        "blue: well formed, red: not. Both columns from the same prompt.",
+        fontsize=7,
+        color="#555555",
+        va="top",
+    )
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
@@ -248,10 +311,12 @@ def measures_figure(results: dict, path: Path) -> None:
     free = [(r["kappa"], r) for r in results.values() if r["kappa"] is not None]
     base = next((r for r in results.values() if r["kappa"] is None), None)
     xs = [math.log2(k) for k, _ in free]
-    panels = [("position_agreement", "pairs with the same target position", 1.0),
-              ("position_distance", "mean |position difference| of pairs", 25.0),
-              ("noise_jaccard", "Jaccard overlap of '!' positions of pairs", 1.0),
-              ("well_formed", "well-formed samples", 1.0)]
+    panels = [
+        ("position_agreement", "pairs with the same target position", 1.0),
+        ("position_distance", "mean |position difference| of pairs", 25.0),
+        ("noise_jaccard", "Jaccard overlap of '!' positions of pairs", 1.0),
+        ("well_formed", "well-formed samples", 1.0),
+    ]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(18, 3.4))
     for ax, (key, label, top) in zip(axes, panels):
         for setting, style in (("shared", "o-"), ("independent", "s--")):
@@ -261,8 +326,7 @@ def measures_figure(results: dict, path: Path) -> None:
         ax.set_title(label, fontsize=9)
         ax.set_ylim(-0.03 * top, 1.03 * top)
     ax = axes[-1]
-    ax.plot(xs, [r["train"]["validation"].get("kl", float("nan")) for _, r in free], "o-",
-            label="KL (bits/token)")
+    ax.plot(xs, [r["train"]["validation"].get("kl", float("nan")) for _, r in free], "o-", label="KL (bits/token)")
     ax.plot(xs, [k for k, _ in free], ":", color="gray", label="kappa")
     ax.set_yscale("log", base=2)
     ax.set_title("validation KL per token (bits)", fontsize=9)
@@ -293,12 +357,17 @@ def verdicts(results: dict) -> list[str]:
     """Each of the paper's findings, tested on the measures."""
     base_wf = results["baseline"]["independent"]["well_formed"] if "baseline" in results else None
     expected = {  # (position carried, noise carried, well-formed rate drops)
-        "kappa=1/64": (False, False, False), "kappa=1/8": (True, False, False),
-        "kappa=1": (True, True, False), "kappa=8": (True, True, True)}
-    text = {"kappa=1/64": "Z unused (shared-Z groups look like independent ones)",
-            "kappa=1/8": "shared Z fixes the target position, not the noise",
-            "kappa=1": "shared Z fixes the position and the noise",
-            "kappa=8": "Z carries the whole sequence; well-formed samples drop"}
+        "kappa=1/64": (False, False, False),
+        "kappa=1/8": (True, False, False),
+        "kappa=1": (True, True, False),
+        "kappa=8": (True, True, True),
+    }
+    text = {
+        "kappa=1/64": "Z unused (shared-Z groups look like independent ones)",
+        "kappa=1/8": "shared Z fixes the target position, not the noise",
+        "kappa=1": "shared Z fixes the position and the noise",
+        "kappa=8": "Z carries the whole sequence; well-formed samples drop",
+    }
     out = []
     for name, want in expected.items():
         if name not in results:
@@ -316,26 +385,35 @@ def verdicts(results: dict) -> list[str]:
             verdict = f"**partly matches** ({'; '.join(differences)})"
         else:
             verdict = f"**does not match** ({'; '.join(differences)})"
-        out.append(f"- kappa = {kappa_label(r['kappa'])} bit, paper: {text[name]}. Measured: position "
-                   f"carried: {position}; noise carried: {noise}; well-formed rate drops: "
-                   f"{got[2]}: {verdict}.")
+        out.append(
+            f"- kappa = {kappa_label(r['kappa'])} bit, paper: {text[name]}. Measured: position "
+            f"carried: {position}; noise carried: {noise}; well-formed rate drops: "
+            f"{got[2]}: {verdict}."
+        )
     return out
 
 
 def write_markdown(results: dict, meta: dict, path: Path, out: Path) -> None:
     rel = os.path.relpath(out, path.parent)
-    header = ("| model | kappa (bits) | val CE posterior | val CE prior | KL (bits/token) | "
-              "well-formed indep / shared | same position indep / shared | "
-              "position distance indep / shared | "
-              "identical noise indep / shared | noise Jaccard indep / shared |")
+    header = (
+        "| model | kappa (bits) | val CE posterior | val CE prior | KL (bits/token) | "
+        "well-formed indep / shared | same position indep / shared | "
+        "position distance indep / shared | "
+        "identical noise indep / shared | noise Jaccard indep / shared |"
+    )
     table = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, r in results.items():
         v = r["train"]["validation"]
         post = v.get("posterior lm loss")
         prior = v.get("prior lm loss", v.get("lm loss"))
         cells = [name, kappa_label(r["kappa"]), _fmt(post), _fmt(prior), _fmt(v.get("kl"), 3)]
-        for key, digits in (("well_formed", 2), ("position_agreement", 2), ("position_distance", 1),
-                            ("noise_identical", 2), ("noise_jaccard", 2)):
+        for key, digits in (
+            ("well_formed", 2),
+            ("position_agreement", 2),
+            ("position_distance", 1),
+            ("noise_identical", 2),
+            ("noise_jaccard", 2),
+        ):
             cells.append(f"{_fmt(r['independent'][key], digits)} / {_fmt(r['shared'][key], digits)}")
         table.append("| " + " | ".join(cells) + " |")
     pairs = next(iter(results.values()))["independent"]["pairs"]
@@ -343,25 +421,30 @@ def write_markdown(results: dict, meta: dict, path: Path, out: Path) -> None:
         f"{name} {meta['seconds'].get(name + ' train', float('nan')):.0f} s"
         + (f" ({r['train']['ms_per_iteration']:.0f} ms/iteration)" if r["train"].get("ms_per_iteration") else "")
         + f" + {meta['seconds'].get(name + ' evaluate', float('nan')):.0f} s"
-        for name, r in results.items())
-    reused = (f" (then evaluation and figures redone from its checkpoints with --reuse, "
-              f"{meta['reuse_minutes']:.1f} minutes)" if meta.get("reuse_minutes") else "")
+        for name, r in results.items()
+    )
+    reused = (
+        f" (then evaluation and figures redone from its checkpoints with --reuse, {meta['reuse_minutes']:.1f} minutes)"
+        if meta.get("reuse_minutes")
+        else ""
+    )
     text = f"""# The paper's toy experiment (section 4.1, Figure 4), reproduced on CPU
 
-Measured {meta['date']} on {meta['machine']}, with
+Measured {meta["date"]} on {meta["machine"]}, with
 
-    {meta['command']}
+    {meta["command"]}
 
-in {meta['wall_minutes']:.1f} minutes{reused}: the five models trained at once, one process and one thread each.
+in {meta["wall_minutes"]:.1f} minutes{reused}: the five models trained at once, one process and one thread each.
 Training + evaluation per model: {timing}.
 
 Setup: the toy task of the paper (64 characters, a run of 8 copies of the prompt's letter at a
 random place, each character replaced by "!" with probability 1/16). A Llama-style decoder with
-{meta['layers']} blocks, hidden size {meta['hidden']}, Z entering block {meta['layers'] // 2 + 1};
-H = {meta['latent_bits']} latent bits per token (the paper: 16, see below); {meta['train_iters']}
-iterations of batch {meta['batch']} ({meta['train_iters'] * meta['batch']:,} sequences), AdamW, cosine
-learning rate {meta['lr']:g} -> {meta['lr'] / 10:g}. Per model, {meta['groups']} prompts (varied letters), each giving one group of
-{meta['group_size']} samples with Z drawn independently per sample and one group of {meta['group_size']}
+{meta["layers"]} blocks, hidden size {meta["hidden"]}, Z entering block {meta["layers"] // 2 + 1};
+H = {meta["latent_bits"]} latent bits per token (the paper: 16, see below); {meta["train_iters"]}
+iterations of batch {meta["batch"]} ({meta["train_iters"] * meta["batch"]:,} sequences), AdamW, cosine
+learning rate {meta["lr"]:g} -> {meta["lr"] / 10:g}. Per model, {meta["groups"]} prompts (varied letters),
+each giving one group of
+{meta["group_size"]} samples with Z drawn independently per sample and one group of {meta["group_size"]}
 samples sharing one Z (one uniform code per position, drawn once for the group); temperature 1,
 no top-k. Agreement rates are over the {pairs} pairs of samples within groups (position: pairs of
 well-formed samples only).
@@ -385,13 +468,14 @@ unrelated positions). Identical noise / Jaccard: the "!" positions of two sample
 
 Z carries the position (or the noise) when in shared-Z groups the rate of pairs with the same
 position (the Jaccard overlap of the noise) is at least {CARRIED_MIN} and at least {CARRIED_MARGIN}
-above the independent-Z one; partly, when it is at least {PARTLY_MARGIN} above the independent-Z one. Well-formed samples drop when the
+above the independent-Z one; partly, when it is at least {PARTLY_MARGIN} above the independent-Z one.
+Well-formed samples drop when the
 independent-Z rate is at least {BREAKS_MARGIN} below the baseline's. For kappa = 8 the paper says Z
 carries the whole sequence, so position and noise are expected to be carried there too.
 
 {chr(10).join(verdicts(results))}
 
-{meta['notes']}
+{meta["notes"]}
 """
     path.write_text(text)
 
@@ -443,16 +527,18 @@ Points marked (exploration) come from other runs on the same machine on 2026-11-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="docs/toy_experiment",
-                   help="folder for results.json and the figures; the report is <out>.md")
+    p.add_argument(
+        "--out", default="docs/toy_experiment", help="folder for results.json and the figures; the report is <out>.md"
+    )
     p.add_argument("--work-dir", default="runs/toy_experiment", help="checkpoints and logs")
     p.add_argument("--train-iters", type=int, default=8000)
     p.add_argument("--eval-interval", type=int, default=1000)
     p.add_argument("--latent-bits", type=int, default=9, help="H (the paper: 16)")
     p.add_argument("--groups", type=int, default=24, help="prompts, each one group per setting")
     p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--jobs", type=int, default=len(RUNS),
-                   help="processes at once, each with max(1, cores // jobs) threads")
+    p.add_argument(
+        "--jobs", type=int, default=len(RUNS), help="processes at once, each with max(1, cores // jobs) threads"
+    )
     p.add_argument("--reuse", action="store_true", help="keep the checkpoints found in --work-dir")
     p.add_argument("--evaluate", help=argparse.SUPPRESS)  # internal: one checkpoint, in-process
     p.add_argument("--json", help=argparse.SUPPRESS)
@@ -472,33 +558,43 @@ def main(argv=None) -> int:
     timing_file = work / "timing.json"
     timing = json.loads(timing_file.read_text()) if args.reuse and timing_file.exists() else {}
     trained = any(key.endswith(" train") for key in seconds)
-    timing = {"seconds": {**timing.get("seconds", {}), **seconds},
-              "wall_minutes": wall_minutes if trained else timing.get("wall_minutes", float("nan")),
-              "reuse_minutes": None if trained else wall_minutes}
+    timing = {
+        "seconds": {**timing.get("seconds", {}), **seconds},
+        "wall_minutes": wall_minutes if trained else timing.get("wall_minutes", float("nan")),
+        "reuse_minutes": None if trained else wall_minutes,
+    }
     timing_file.write_text(json.dumps(timing))
 
     results = {}
     for name, kappa in RUNS:
         samples = json.loads((run_dir(work, name) / "samples.json").read_text())
-        results[name] = {"kappa": kappa, "train": parse_train_log(run_dir(work, name) / "train.log"),
-                         **samples}
+        results[name] = {"kappa": kappa, "train": parse_train_log(run_dir(work, name) / "train.log"), **samples}
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores ({cpu_model() or platform.processor() or platform.machine()})",
-        "command": command, **timing,
-        "layers": LAYERS, "hidden": HIDDEN, "latent_bits": args.latent_bits,
-        "train_iters": args.train_iters, "batch": BATCH, "lr": LR, "groups": args.groups, "group_size": args.group_size,
+        "command": command,
+        **timing,
+        "layers": LAYERS,
+        "hidden": HIDDEN,
+        "latent_bits": args.latent_bits,
+        "train_iters": args.train_iters,
+        "batch": BATCH,
+        "lr": LR,
+        "groups": args.groups,
+        "group_size": args.group_size,
     }
     baseline = results["baseline"]
-    meta["notes"] = NOTES.format(**meta, entropy=ENTROPY_NATS,
-                                 baseline_ce=baseline["train"]["validation"].get("lm loss", float("nan")),
-                                 baseline_well_formed=baseline["independent"]["well_formed"])
+    meta["notes"] = NOTES.format(
+        **meta,
+        entropy=ENTROPY_NATS,
+        baseline_ce=baseline["train"]["validation"].get("lm loss", float("nan")),
+        baseline_well_formed=baseline["independent"]["well_formed"],
+    )
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     samples_figure(results, out / "samples.png")
     measures_figure(results, out / "measures.png")
     write_markdown(results, meta, out.with_suffix(".md"), out)
-    print(f"wrote {out}.md, {out}/samples.png, {out}/measures.png, {out}/results.json "
-          f"in {wall_minutes:.1f} min")
+    print(f"wrote {out}.md, {out}/samples.png, {out}/measures.png, {out}/results.json in {wall_minutes:.1f} min")
     return 0
 
 

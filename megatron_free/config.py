@@ -129,34 +129,55 @@ class RecomputeConfig:
     num_layers: Optional[int] = None
 
 
-def build_model_config(description, layout: StageLayout = StageLayout(), precision: PrecisionConfig = PrecisionConfig(),
-                       recompute: RecomputeConfig = RecomputeConfig(), *, init_method_std: float = 0.02,
-                       mapper_chunk_size: int = 4096) -> FreeTransformerConfig:
+def build_model_config(
+    description,
+    layout: StageLayout = StageLayout(),
+    precision: PrecisionConfig = PrecisionConfig(),
+    recompute: RecomputeConfig = RecomputeConfig(),
+    *,
+    init_method_std: float = 0.02,
+    mapper_chunk_size: int = 4096,
+) -> FreeTransformerConfig:
     """The FreeTransformerConfig of a model (a model/description.ModelDescription) under a layout and a precision."""
     import torch
 
     dtype = precision.params_dtype
     kwargs = llama_style_kwargs()
     kwargs.update(
-        num_layers=description.num_layers, hidden_size=description.hidden_size,
-        ffn_hidden_size=description.ffn_hidden_size, num_attention_heads=description.num_attention_heads,
-        num_query_groups=description.num_query_groups, kv_channels=description.kv_channels,
-        layernorm_epsilon=description.norm_epsilon, init_method_std=init_method_std,
+        num_layers=description.num_layers,
+        hidden_size=description.hidden_size,
+        ffn_hidden_size=description.ffn_hidden_size,
+        num_attention_heads=description.num_attention_heads,
+        num_query_groups=description.num_query_groups,
+        kv_channels=description.kv_channels,
+        layernorm_epsilon=description.norm_epsilon,
+        init_method_std=init_method_std,
         tensor_model_parallel_size=layout.parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=layout.parallel.pipeline_model_parallel_size,
         context_parallel_size=layout.parallel.context_parallel_size,
         sequence_parallel=layout.parallel.sequence_parallel,
         num_layers_in_first_pipeline_stage=layout.first_stage_layers,
         num_layers_in_last_pipeline_stage=layout.last_stage_layers,
-        pipeline_dtype=dtype, params_dtype=dtype, bf16=precision.bf16, fp16=precision.fp16,
+        pipeline_dtype=dtype,
+        params_dtype=dtype,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
         use_cpu_initialization=not torch.cuda.is_available(),
-        recompute_granularity=recompute.granularity, recompute_method=recompute.method,
+        recompute_granularity=recompute.granularity,
+        recompute_method=recompute.method,
         recompute_num_layers=recompute.num_layers,
-        baseline=description.baseline, latent_bits=description.latent_bits, free_bits=description.free_bits,
-        injection_layer=description.injection_layer, mapper_chunk_size=mapper_chunk_size,
+        baseline=description.baseline,
+        latent_bits=description.latent_bits,
+        free_bits=description.free_bits,
+        injection_layer=description.injection_layer,
+        mapper_chunk_size=mapper_chunk_size,
     )
     if precision.fp8_format:
-        kwargs.update(fp8=precision.fp8_format, fp8_recipe=precision.fp8_recipe, fp8_margin=precision.fp8_margin,
-                      fp8_amax_history_len=precision.fp8_amax_history_len,
-                      fp8_amax_compute_algo=precision.fp8_amax_compute_algo)
+        kwargs.update(
+            fp8=precision.fp8_format,
+            fp8_recipe=precision.fp8_recipe,
+            fp8_margin=precision.fp8_margin,
+            fp8_amax_history_len=precision.fp8_amax_history_len,
+            fp8_amax_compute_algo=precision.fp8_amax_compute_algo,
+        )
     return FreeTransformerConfig(**kwargs)

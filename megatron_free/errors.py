@@ -23,8 +23,10 @@ import time
 
 EXIT_USAGE = 2
 EXIT_NON_FINITE = 3
-_MEANING = {EXIT_USAGE: "a usage, configuration, input or checkpoint error",
-            EXIT_NON_FINITE: "training stopped on non-finite losses"}
+_MEANING = {
+    EXIT_USAGE: "a usage, configuration, input or checkpoint error",
+    EXIT_NON_FINITE: "training stopped on non-finite losses",
+}
 _STORE_TIMEOUT_SECONDS = 10
 
 
@@ -59,13 +61,16 @@ def _print_once_per_job(line: str) -> None:
         return
     # Keyed by torchrun's run and restart too: a restarted worker group reports its errors afresh.
     key = "megatron_free/error/{}/{}/{}".format(
-        os.environ.get("TORCHELASTIC_RUN_ID", ""), os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
-        hashlib.sha256(line.encode()).hexdigest())
+        os.environ.get("TORCHELASTIC_RUN_ID", ""),
+        os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
+        hashlib.sha256(line.encode()).hexdigest(),
+    )
     timeout = timedelta(seconds=_STORE_TIMEOUT_SECONDS)
     store = None
     try:
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                              timeout=timeout)
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
+        )
         if store.add(key, 1) > 1:
             # Exit only once that line is out: torchrun stops every worker as soon as one exits.
             store.wait([key + "/printed"], timeout)
@@ -92,8 +97,15 @@ def _write_torchelastic_error_file(kind: str, line: str, exit_code: int) -> None
     summary = f"{kind}, exit code {exit_code} ({_MEANING.get(exit_code, 'an error')}): see the 'error:' line above"
     try:
         with open(path, "w") as f:
-            json.dump({"message": {"message": line, "extraInfo": {"py_callstack": summary,
-                                                                 "timestamp": str(int(time.time()))}}}, f)
+            json.dump(
+                {
+                    "message": {
+                        "message": line,
+                        "extraInfo": {"py_callstack": summary, "timestamp": str(int(time.time()))},
+                    }
+                },
+                f,
+            )
     except OSError:
         pass  # the summary then shows torchrun's own text
 

@@ -51,6 +51,7 @@ OVERHEAD_GIB = 4.0
 
 # ----------------------------------------------------------------------------- vocabulary
 
+
 def padded_vocab(args) -> tuple[int, int, str]:
     """(vocabulary, padded vocabulary, where the vocabulary came from), as pretrain pads it.
 
@@ -73,13 +74,14 @@ def padded_vocab(args) -> tuple[int, int, str]:
     if vocab is None:
         raise ArgumentError(
             f"--dry-run needs the vocabulary size: --tokenizer-model {args.tokenizer_model} is not "
-            f"readable here; give --vocab-size")
-    padded = vocab_size_with_padding(vocab, args.make_vocab_size_divisible_by,
-                                     args.tensor_model_parallel_size)
+            f"readable here; give --vocab-size"
+        )
+    padded = vocab_size_with_padding(vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
     return vocab, padded, source
 
 
 # ----------------------------------------------------------------------------- pipeline stages
+
 
 def pipeline_stages(args) -> list[tuple[int, int]]:
     """[first, last) 0-based decoder layers of each pipeline stage, from the model's own
@@ -101,6 +103,7 @@ def pipeline_stages(args) -> list[tuple[int, int]]:
 
 
 # ----------------------------------------------------------------------------- memory
+
 
 def _activation_bytes_per_token(s: ModelShape, tp: int, sp: bool) -> dict:
     """Bytes kept for the backward per token (bf16): one decoder block, the extra of a
@@ -140,8 +143,7 @@ def _mapper_backward_bytes(s: ModelShape, tp: int, tokens: int, chunk_size: int)
     return 4 * tokens * h + 2 * 4 * tokens * chunk + 4 * chunk * h + 2 * rows * h
 
 
-def _stage_parameters(s: ModelShape, tp: int, pp: int, stage: int, layers: int,
-                      holds_latent: bool) -> dict:
+def _stage_parameters(s: ModelShape, tp: int, pp: int, stage: int, layers: int, holds_latent: bool) -> dict:
     """Parameters held by one GPU of a pipeline stage, split by what they cost in FP8."""
     block = block_parameters(s)
     latent = latent_parameters(s)
@@ -160,11 +162,9 @@ def _stage_parameters(s: ModelShape, tp: int, pp: int, stage: int, layers: int,
     return {"total": total, "fp8_gemm": fp8_gemm, "embedding": embedding, "output": output}
 
 
-def _stage_memory(args, s: ModelShape, stage: int, layer_range: tuple[int, int],
-                  holds_latent: bool) -> dict:
+def _stage_memory(args, s: ModelShape, stage: int, layer_range: tuple[int, int], holds_latent: bool) -> dict:
     """Bytes per GPU on one pipeline stage, by part."""
-    tp, pp, cp = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                  args.context_parallel_size)
+    tp, pp, cp = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size)
     layers = layer_range[1] - layer_range[0]
     params = _stage_parameters(s, tp, pp, stage, layers, holds_latent)
     low_precision = args.bf16 or args.fp16
@@ -185,8 +185,7 @@ def _stage_memory(args, s: ModelShape, stage: int, layer_range: tuple[int, int],
             stored = math.ceil(layers / max(group, 1)) * per_token["checkpointed_input"]
             rebuilt = group * per_token["block"]
         else:  # block: the first `group` layers are checkpointed one by one
-            stored = (group * per_token["checkpointed_input"]
-                      + (layers - group) * per_token["block"])
+            stored = group * per_token["checkpointed_input"] + (layers - group) * per_token["block"]
             rebuilt = per_token["block"] if group else 0
     else:
         stored, rebuilt = layers * per_token["block"], 0
@@ -197,24 +196,35 @@ def _stage_memory(args, s: ModelShape, stage: int, layer_range: tuple[int, int],
         stored += per_token["final_norm"] + per_token["logits"]
     in_flight = min(pp - stage, args.num_microbatches) if pp > 1 else 1
     memory["activations"] = tokens * (stored * in_flight + rebuilt)
-    memory["mapper_backward"] = (
-        _mapper_backward_bytes(s, tp, tokens, args.mapper_chunk_size) if holds_latent else 0)
+    memory["mapper_backward"] = _mapper_backward_bytes(s, tp, tokens, args.mapper_chunk_size) if holds_latent else 0
     memory["overhead"] = OVERHEAD_GIB * GIB
     memory["total"] = sum(memory.values())
-    memory.update(stage=stage, layers=layer_range, in_flight=in_flight, parameters=params["total"],
-                  embedding=params["embedding"] > 0, output_layer=last, latent=holds_latent)
+    memory.update(
+        stage=stage,
+        layers=layer_range,
+        in_flight=in_flight,
+        parameters=params["total"],
+        embedding=params["embedding"] > 0,
+        output_layer=last,
+        latent=holds_latent,
+    )
     return memory
 
 
 # ----------------------------------------------------------------------------- the plan
+
 
 def build_plan(args) -> dict:
     """Every number of the plan; raises ArgumentError for a layout that cannot run (but not
     for memory: see check_plan)."""
     from megatron_free.run_config import model_description
 
-    world_size = (args.data_parallel_size * args.tensor_model_parallel_size
-                  * args.pipeline_model_parallel_size * args.context_parallel_size)
+    world_size = (
+        args.data_parallel_size
+        * args.tensor_model_parallel_size
+        * args.pipeline_model_parallel_size
+        * args.context_parallel_size
+    )
     vocab, padded, vocab_source = padded_vocab(args)
     shape = model_shape(model_description(args, vocab, padded), args.seq_length)
     stages = pipeline_stages(args)
@@ -233,29 +243,49 @@ def build_plan(args) -> dict:
     return {
         "model": "baseline" if args.baseline else "free_transformer",
         "layout": {
-            "world_size": world_size, "tp": args.tensor_model_parallel_size,
-            "pp": args.pipeline_model_parallel_size, "cp": args.context_parallel_size,
-            "dp": args.data_parallel_size, "sequence_parallel": args.sequence_parallel,
+            "world_size": world_size,
+            "tp": args.tensor_model_parallel_size,
+            "pp": args.pipeline_model_parallel_size,
+            "cp": args.context_parallel_size,
+            "dp": args.data_parallel_size,
+            "sequence_parallel": args.sequence_parallel,
             "distributed_optimizer": args.use_distributed_optimizer,
-            "stages": stages, "injection_layer": None if args.baseline else args.injection_layer,
+            "stages": stages,
+            "injection_layer": None if args.baseline else args.injection_layer,
             "recompute": _recompute_label(args),
-            "precision": ("fp8 " + args.fp8_format + " + bf16" if args.fp8_format
-                          else "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"),
+            "precision": (
+                "fp8 " + args.fp8_format + " + bf16"
+                if args.fp8_format
+                else "bf16"
+                if args.bf16
+                else "fp16"
+                if args.fp16
+                else "fp32"
+            ),
         },
         "vocab": {"size": vocab, "padded": padded, "source": vocab_source},
         "parameters": parameter_counts(shape),
         "flops_per_token": flops,
-        "batch": {"micro_batch_size": args.micro_batch_size, "num_microbatches": args.num_microbatches,
-                  "global_batch_size": args.global_batch_size, "seq_length": args.seq_length,
-                  "tokens_per_iteration": tokens_per_iteration},
-        "tokens": {"train_iters": args.train_iters, "train_samples": args.train_samples,
-                   "total": total_tokens},
-        "memory": {"stages": stage_memory,
-                   "peak": max(stage_memory, key=lambda m: m["total"]),
-                   "limit_gib": getattr(args, "gpu_memory_gb", None) or DEFAULT_GPU_MEMORY_GIB},
-        "time": {"peak_tflops": peak_tflops, "mfu": mfu, "seconds": seconds,
-                 "seconds_per_iteration": seconds / args.train_iters,
-                 "tokens_per_second_per_gpu": total_tokens / seconds / world_size},
+        "batch": {
+            "micro_batch_size": args.micro_batch_size,
+            "num_microbatches": args.num_microbatches,
+            "global_batch_size": args.global_batch_size,
+            "seq_length": args.seq_length,
+            "tokens_per_iteration": tokens_per_iteration,
+        },
+        "tokens": {"train_iters": args.train_iters, "train_samples": args.train_samples, "total": total_tokens},
+        "memory": {
+            "stages": stage_memory,
+            "peak": max(stage_memory, key=lambda m: m["total"]),
+            "limit_gib": getattr(args, "gpu_memory_gb", None) or DEFAULT_GPU_MEMORY_GIB,
+        },
+        "time": {
+            "peak_tflops": peak_tflops,
+            "mfu": mfu,
+            "seconds": seconds,
+            "seconds_per_iteration": seconds / args.train_iters,
+            "tokens_per_second_per_gpu": total_tokens / seconds / world_size,
+        },
     }
 
 
@@ -276,7 +306,8 @@ def check_plan(result: dict) -> None:
             f"estimated {peak['total'] / GIB:.1f} GiB per GPU on pipeline stage {peak['stage'] + 1} "
             f"exceeds --gpu-memory-gb {memory['limit_gib']:g}: lower --micro-batch-size, raise "
             f"--tensor-model-parallel-size / --pipeline-model-parallel-size, or use "
-            f"--recompute-granularity full")
+            f"--recompute-granularity full"
+        )
 
 
 def plan(args) -> dict:
@@ -288,6 +319,7 @@ def plan(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- printing
+
 
 def _count(n: float) -> str:
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -312,24 +344,42 @@ def format_plan(result: dict) -> str:
 
     lines.append(f"plan: {'baseline decoder' if result['model'] == 'baseline' else 'Free Transformer'}")
     lines.append("layout")
-    extras = [x for x in (layout["sequence_parallel"] and "sequence parallel",
-                          layout["distributed_optimizer"] and "distributed optimizer") if x]
-    row("world size", layout["world_size"],
+    extras = [
+        x
+        for x in (
+            layout["sequence_parallel"] and "sequence parallel",
+            layout["distributed_optimizer"] and "distributed optimizer",
+        )
+        if x
+    ]
+    row(
+        "world size",
+        layout["world_size"],
         f"= TP {layout['tp']} x PP {layout['pp']} x CP {layout['cp']} x DP {layout['dp']}"
-        + (f"; {', '.join(extras)}" if extras else ""))
+        + (f"; {', '.join(extras)}" if extras else ""),
+    )
     row("precision", layout["precision"])
     row("recompute", layout["recompute"])
     for m in memory["stages"]:
-        parts = [x for x in (m["embedding"] and "embedding",
-                             m["latent"] and f"latent before block {layout['injection_layer']}",
-                             m["output_layer"] and "output layer") if x]
+        parts = [
+            x
+            for x in (
+                m["embedding"] and "embedding",
+                m["latent"] and f"latent before block {layout['injection_layer']}",
+                m["output_layer"] and "output layer",
+            )
+            if x
+        ]
         first, last = m["layers"]
         row(f"stage {m['stage'] + 1}", f"blocks {first + 1}-{last}", ", ".join(parts))
 
     lines.append("parameters")
     row("total", _count(params["total"]), f"{params['total']:,}")
-    row("embeddings", _count(params["embedding"] + params["output_layer"]),
-        "input + output layer" if params["output_layer"] else "tied with the output layer")
+    row(
+        "embeddings",
+        _count(params["embedding"] + params["output_layer"]),
+        "input + output layer" if params["output_layer"] else "tied with the output layer",
+    )
     row("decoder", _count(params["decoder"]))
     row("encoder", _count(params["encoder"]), "block, zeta, readout")
     row("post-sampler", _count(params["post_sampler"]), "C x D, rows sharded over TP")
@@ -342,33 +392,49 @@ def format_plan(result: dict) -> str:
     row("total", f"{flops['total']:.3g}")
 
     lines.append("tokens")
-    row("per iteration", f"{batch['tokens_per_iteration']:,}",
+    row(
+        "per iteration",
+        f"{batch['tokens_per_iteration']:,}",
         f"= {batch['global_batch_size']} x {batch['seq_length']} (micro batch "
-        f"{batch['micro_batch_size']} x DP {layout['dp']} x {batch['num_microbatches']} microbatches)")
-    row("iterations", f"{tokens['train_iters']:,}",
-        f"from --train-samples {tokens['train_samples']:,}" if tokens["train_samples"] else "")
+        f"{batch['micro_batch_size']} x DP {layout['dp']} x {batch['num_microbatches']} microbatches)",
+    )
+    row(
+        "iterations",
+        f"{tokens['train_iters']:,}",
+        f"from --train-samples {tokens['train_samples']:,}" if tokens["train_samples"] else "",
+    )
     row("total", _count(tokens["total"]))
 
     stages = memory["stages"]
-    lines.append("memory per GPU, GiB (estimate)" + "".join(f"{'stage ' + str(m['stage'] + 1):>10}"
-                                                          for m in stages))
-    for key, label in (("weights", "weights"), ("gradients", "gradients (fp32)"),
-                       ("optimizer", "optimizer (fp32 + Adam)"), ("fp8_weights", "fp8 weight copies"),
-                       ("activations", "activations"), ("mapper_backward", "mapper backward"),
-                       ("overhead", "CUDA/NCCL/fragmentation"), ("total", "total")):
+    lines.append("memory per GPU, GiB (estimate)" + "".join(f"{'stage ' + str(m['stage'] + 1):>10}" for m in stages))
+    for key, label in (
+        ("weights", "weights"),
+        ("gradients", "gradients (fp32)"),
+        ("optimizer", "optimizer (fp32 + Adam)"),
+        ("fp8_weights", "fp8 weight copies"),
+        ("activations", "activations"),
+        ("mapper_backward", "mapper backward"),
+        ("overhead", "CUDA/NCCL/fragmentation"),
+        ("total", "total"),
+    ):
         lines.append(f"  {label:<28}" + "".join(f"{m[key] / GIB:>10.1f}" for m in stages))
     peak = memory["peak"]
-    lines.append(f"  microbatches in flight      " + "".join(f"{m['in_flight']:>10}" for m in stages))
+    lines.append("  microbatches in flight      " + "".join(f"{m['in_flight']:>10}" for m in stages))
     lines.append(f"  peak {peak['total'] / GIB:.1f} GiB of {memory['limit_gib']:g} (--gpu-memory-gb)")
 
     lines.append("time")
     row("at MFU", f"{timing['mfu']:.0%}", f"of {timing['peak_tflops']:g} TFLOP/s per GPU (--peak-tflops)")
-    row("per iteration", f"{timing['seconds_per_iteration']:.2f} s",
-        f"{timing['tokens_per_second_per_gpu']:,.0f} tokens/s/GPU")
+    row(
+        "per iteration",
+        f"{timing['seconds_per_iteration']:.2f} s",
+        f"{timing['tokens_per_second_per_gpu']:,.0f} tokens/s/GPU",
+    )
     row("total", _duration(timing["seconds"]), f"{_count(tokens['total'])} tokens")
     # One line for scripts (launch_scripts/common.sh reads train_iters from it).
-    lines.append(f"plan: ok train_iters={tokens['train_iters']} world_size={layout['world_size']} "
-                 f"peak_memory_gib={peak['total'] / GIB:.1f}")
+    lines.append(
+        f"plan: ok train_iters={tokens['train_iters']} world_size={layout['world_size']} "
+        f"peak_memory_gib={peak['total'] / GIB:.1f}"
+    )
     return "\n".join(lines)
 
 

@@ -29,11 +29,19 @@ def setup(args):
     from megatron_free.parallel.distributed import ParallelConfig, initialize_distributed
     from megatron_free.parallel.wrap import parallelize
     from megatron_free.run_config import (
-        data_parallel_settings, load_config, model_description, optimizer_settings, schedule_settings,
-        tokenizer_config, training_model_config,
+        data_parallel_settings,
+        load_config,
+        model_description,
+        optimizer_settings,
+        schedule_settings,
+        tokenizer_config,
+        training_model_config,
     )
     from megatron_free.training.checkpointing import (
-        claim_save_dir, load_baseline_decoder, load_checkpoint, resumed_padded_vocab_size,
+        claim_save_dir,
+        load_baseline_decoder,
+        load_checkpoint,
+        resumed_padded_vocab_size,
     )
     from megatron_free.training.loop import TrainState
     from megatron_free.training.run_report import print_model_and_data
@@ -43,46 +51,63 @@ def setup(args):
     except ValueError as e:
         raise ArgumentError(str(e)) from None
     if args.load and os.path.exists(args.load):  # (a first run's --load = --save does not exist yet)
-        padded_vocab_size = resumed_padded_vocab_size(
-            args.load, vocab_size, args.tensor_model_parallel_size) or padded_vocab_size
+        padded_vocab_size = (
+            resumed_padded_vocab_size(args.load, vocab_size, args.tensor_model_parallel_size) or padded_vocab_size
+        )
     description = model_description(args, vocab_size, padded_vocab_size)
     config = training_model_config(args, description)
     initialize_distributed(
-        ParallelConfig(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                       args.context_parallel_size, args.sequence_parallel),
-        seed=args.seed, timeout_minutes=args.distributed_timeout_minutes,
+        ParallelConfig(
+            args.tensor_model_parallel_size,
+            args.pipeline_model_parallel_size,
+            args.context_parallel_size,
+            args.sequence_parallel,
+        ),
+        seed=args.seed,
+        timeout_minutes=args.distributed_timeout_minutes,
     )
     model = FreeTransformerModel.from_description(description, config, transformer_impl=args.transformer_impl)
     initialize_parameters(model, args.seed)
     if args.init_from_baseline:
         load_baseline_decoder(args.init_from_baseline, model)
     model_chunks, optimizer, scheduler = parallelize(
-        model, config, data_parallel_settings(args), optimizer_settings(args), schedule_settings(args))
+        model, config, data_parallel_settings(args), optimizer_settings(args), schedule_settings(args)
+    )
 
     state = TrainState()
     if args.save:  # one run at a time, never over checkpoints it does not resume from
         claim_save_dir(args.save, args.load, args.finetune)
     if args.load:
-        state.iteration, state.consumed_samples = load_checkpoint(
-            load_config(args), model_chunks, optimizer, scheduler)
+        state.iteration, state.consumed_samples = load_checkpoint(load_config(args), model_chunks, optimizer, scheduler)
 
     eval_samples = 0
     if args.eval_interval:
         evaluations = args.train_iters // args.eval_interval + 1
         eval_samples = evaluations * args.eval_iters * args.global_batch_size
     train_ds, valid_ds = build_train_valid_datasets(
-        DataConfig(seed=args.seed, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
-                   global_batch_size=args.global_batch_size,
-                   train_samples=args.train_iters * args.global_batch_size, eval_samples=eval_samples,
-                   data_path=args.data_path, split=args.split, data_cache_path=args.data_cache_path,
-                   mock_data=args.mock_data, toy_data=args.toy_data, num_workers=args.num_workers),
-        tokenizer, padded_vocab_size,
+        DataConfig(
+            seed=args.seed,
+            seq_length=args.seq_length,
+            micro_batch_size=args.micro_batch_size,
+            global_batch_size=args.global_batch_size,
+            train_samples=args.train_iters * args.global_batch_size,
+            eval_samples=eval_samples,
+            data_path=args.data_path,
+            split=args.split,
+            data_cache_path=args.data_cache_path,
+            mock_data=args.mock_data,
+            toy_data=args.toy_data,
+            num_workers=args.num_workers,
+        ),
+        tokenizer,
+        padded_vocab_size,
     )
     print_model_and_data(args, model_chunks, train_ds, valid_ds)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
-    train_iter = microbatch_iterator(train_ds, state.consumed_samples, args.micro_batch_size,
-                                     dp_rank, dp_size, args.num_workers)
+    train_iter = microbatch_iterator(
+        train_ds, state.consumed_samples, args.micro_batch_size, dp_rank, dp_size, args.num_workers
+    )
     valid_iter = None
     if valid_ds is not None and args.eval_interval:
         # A resumed run goes on with the validation samples after those already evaluated.
@@ -111,14 +136,22 @@ def run(args) -> None:
     print_rank_last(format_layout(args))
     model_chunks, optimizer, scheduler, state, train_iter, valid_iter, tokenizer = setup(args)
     if state.iteration >= args.train_iters:  # a finished run launched again: nothing to overwrite
-        print_rank_last(f"nothing to train: --load {args.load} is already at iteration "
-                        f"{state.iteration}, --train-iters {args.train_iters}")
+        print_rank_last(
+            f"nothing to train: --load {args.load} is already at iteration "
+            f"{state.iteration}, --train-iters {args.train_iters}"
+        )
         return
     shape = model_shape(unwrap(model_chunks[0]).description, args.seq_length)
     flops = training_flops_per_token(shape)["total"] * args.global_batch_size * args.seq_length
     peak = args.peak_tflops or (989.0 if torch.cuda.is_available() else None)
-    logger = TrainingLogger(args.tensorboard_dir, args.log_interval, flops,
-                            torch.distributed.get_world_size(), peak, train_iters=args.train_iters)
+    logger = TrainingLogger(
+        args.tensorboard_dir,
+        args.log_interval,
+        flops,
+        torch.distributed.get_world_size(),
+        peak,
+        train_iters=args.train_iters,
+    )
     start_iteration, start = state.iteration, time.perf_counter()
     try:
         train(loop_config(args), model_chunks, optimizer, scheduler, train_iter, valid_iter, logger, state)
@@ -126,15 +159,29 @@ def run(args) -> None:
         if args.generate_samples and args.toy_data:
             from megatron_free.inference.toy_study import print_toy_samples
 
-            print_toy_samples(model_chunks, tokenizer, args.generate_samples, args.seed,
-                              None if args.baseline else args.latent_bits, logger, state.iteration)
+            print_toy_samples(
+                model_chunks,
+                tokenizer,
+                args.generate_samples,
+                args.seed,
+                None if args.baseline else args.latent_bits,
+                logger,
+                state.iteration,
+            )
     finally:
         logger.close()
-    print_rank_last(format_summary(
-        start_iteration=start_iteration, iteration=state.iteration, train_iters=args.train_iters,
-        seconds=seconds, tokens_per_iteration=args.global_batch_size * args.seq_length,
-        skipped=state.skipped_total, validation=logger.last_validation,
-        saved=state.saved_checkpoint))
+    print_rank_last(
+        format_summary(
+            start_iteration=start_iteration,
+            iteration=state.iteration,
+            train_iters=args.train_iters,
+            seconds=seconds,
+            tokens_per_iteration=args.global_batch_size * args.seq_length,
+            skipped=state.skipped_total,
+            validation=logger.last_validation,
+            saved=state.saved_checkpoint,
+        )
+    )
 
 
 def main(argv=None) -> int:

@@ -26,8 +26,12 @@ def _free_port() -> int:
 
 def _rank_main(rank, world_size, port, fn, args, results):
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     import torch
 
@@ -63,8 +67,7 @@ def run_ranks(world_size: int, fn, *args, timeout: float = 300.0) -> list:
     results = ctx.Queue()
     port = _free_port()
     procs = [
-        ctx.Process(target=_rank_main, args=(rank, world_size, port, fn, args, results))
-        for rank in range(world_size)
+        ctx.Process(target=_rank_main, args=(rank, world_size, port, fn, args, results)) for rank in range(world_size)
     ]
     for proc in procs:
         proc.start()

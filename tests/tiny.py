@@ -19,10 +19,20 @@ VOCAB, SEQ, MICRO_BATCH = 64, 16, 2
 
 def tiny_config(tp=1, pp=1, sp=False, **overrides) -> FreeTransformerConfig:
     kwargs = dict(
-        num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
-        num_query_groups=2, latent_bits=6, free_bits=0.0, mapper_chunk_size=16,
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=sp,
-        pipeline_dtype=torch.float32, use_cpu_initialization=True, **llama_style_kwargs(),
+        num_layers=4,
+        hidden_size=32,
+        ffn_hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        latent_bits=6,
+        free_bits=0.0,
+        mapper_chunk_size=16,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        sequence_parallel=sp,
+        pipeline_dtype=torch.float32,
+        use_cpu_initialization=True,
+        **llama_style_kwargs(),
     )
     kwargs.update(overrides)
     return FreeTransformerConfig(**kwargs)
@@ -30,12 +40,42 @@ def tiny_config(tp=1, pp=1, sp=False, **overrides) -> FreeTransformerConfig:
 
 # pretrain flags of the tiny model on the toy task: 4 iterations, one log line each.
 TINY_PRETRAIN_ARGV = [
-    "--toy-data", "--seq-length", "66", "--num-layers", "4", "--hidden-size", "32",
-    "--ffn-hidden-size", "64", "--num-attention-heads", "4", "--group-query-attention",
-    "--num-query-groups", "2", "--latent-bits", "6", "--free-bits", "0.25",
-    "--mapper-chunk-size", "16", "--micro-batch-size", "2", "--global-batch-size", "4",
-    "--train-iters", "4", "--lr", "0.01", "--lr-decay-style", "constant", "--log-interval", "1",
-    "--make-vocab-size-divisible-by", "16", "--seed", "3",
+    "--toy-data",
+    "--seq-length",
+    "66",
+    "--num-layers",
+    "4",
+    "--hidden-size",
+    "32",
+    "--ffn-hidden-size",
+    "64",
+    "--num-attention-heads",
+    "4",
+    "--group-query-attention",
+    "--num-query-groups",
+    "2",
+    "--latent-bits",
+    "6",
+    "--free-bits",
+    "0.25",
+    "--mapper-chunk-size",
+    "16",
+    "--micro-batch-size",
+    "2",
+    "--global-batch-size",
+    "4",
+    "--train-iters",
+    "4",
+    "--lr",
+    "0.01",
+    "--lr-decay-style",
+    "constant",
+    "--log-interval",
+    "1",
+    "--make-vocab-size-divisible-by",
+    "16",
+    "--seed",
+    "3",
 ]
 
 
@@ -51,19 +91,25 @@ def tiny_batches(num: int, seed: int = 0) -> list[dict]:
     batches = []
     for i in range(num):
         tokens = torch.randint(0, VOCAB, (MICRO_BATCH, SEQ + 1), generator=gen)
-        batches.append({
-            "tokens": tokens[:, :-1], "labels": tokens[:, 1:],
-            "loss_mask": torch.ones(MICRO_BATCH, SEQ),
-            "position_ids": torch.arange(SEQ).expand(MICRO_BATCH, SEQ),
-            "latent_seeds": torch.arange(MICRO_BATCH) + 100 * i,
-        })
+        batches.append(
+            {
+                "tokens": tokens[:, :-1],
+                "labels": tokens[:, 1:],
+                "loss_mask": torch.ones(MICRO_BATCH, SEQ),
+                "position_ids": torch.arange(SEQ).expand(MICRO_BATCH, SEQ),
+                "latent_seeds": torch.arange(MICRO_BATCH) + 100 * i,
+            }
+        )
     return batches
 
 
 def build_tiny_model(config: FreeTransformerConfig, seed: int = 7) -> FreeTransformerModel:
     initialize_distributed(
-        ParallelConfig(config.tensor_model_parallel_size, config.pipeline_model_parallel_size,
-                       sequence_parallel=config.sequence_parallel),
+        ParallelConfig(
+            config.tensor_model_parallel_size,
+            config.pipeline_model_parallel_size,
+            sequence_parallel=config.sequence_parallel,
+        ),
         seed=seed,
     )
     model = FreeTransformerModel(config, vocab_size=VOCAB, max_sequence_length=SEQ)
@@ -77,8 +123,12 @@ def run_step(model, batches, forward_only=False):
     forward_backward = get_forward_backward_func()
     reports = forward_backward(
         forward_step_func=make_forward_step(kl_loss_scale=1.0 / len(batches)),
-        data_iterator=iter(batches), model=model, num_microbatches=len(batches),
-        seq_length=SEQ, micro_batch_size=MICRO_BATCH, forward_only=forward_only,
+        data_iterator=iter(batches),
+        model=model,
+        num_microbatches=len(batches),
+        seq_length=SEQ,
+        micro_batch_size=MICRO_BATCH,
+        forward_only=forward_only,
     )
     if not forward_only and model.config.sequence_parallel:
         _allreduce_sequence_parallel_grads(model)
@@ -119,8 +169,9 @@ def full_tensors(model, use_grad: bool) -> dict:
     """{global parameter name: full tensor} for this rank's stage (weights or gradients)."""
     out = {}
     for name, param in model.named_parameters():
-        tensor = param.main_grad if use_grad and hasattr(param, "main_grad") else (
-            param.grad if use_grad else param.data)
+        tensor = (
+            param.main_grad if use_grad and hasattr(param, "main_grad") else (param.grad if use_grad else param.data)
+        )
         if tensor is None:
             tensor = torch.zeros_like(param)
         full = _unshard(tensor.detach().clone(), param, name, model.config.gated_linear_unit)

@@ -1,7 +1,7 @@
 """megatron-free-convert-hf: a megatron_free checkpoint (any TP/PP layout) -> a HuggingFace folder.
 
     megatron-free-convert-hf --load runs/toy/checkpoints --output runs/toy/hf
-    python -c "from transformers import AutoModelForCausalLM as M; M.from_pretrained('runs/toy/hf', trust_remote_code=True)"
+    python -c "import transformers as t; t.AutoModelForCausalLM.from_pretrained('runs/toy/hf', trust_remote_code=True)"
 
 A Free Transformer exports with its modeling code (trust_remote_code=True); a baseline exports as a
 plain LlamaForCausalLM. Megatron's vocabulary padding is removed. The weights keep the checkpoint's
@@ -21,17 +21,33 @@ DTYPES = ("float32", "bfloat16", "float16")
 def build_parser() -> argparse.ArgumentParser:
     from megatron_free.arguments import HelpFormatter
 
-    p = argparse.ArgumentParser(prog="megatron-free-convert-hf", description="A megatron_free checkpoint (any TP/PP layout) -> a "
-                                "HuggingFace folder; the weights keep the checkpoint's dtype unless --dtype.",
-                                formatter_class=HelpFormatter)
-    p.add_argument("--load", required=True,
-                   help="Checkpoint: a run's --save directory (its latest checkpoint) or one iter_ directory.")
-    p.add_argument("--output", required=True,
-                   help="The HuggingFace folder to write (atomically: a reader never sees a partial export).")
-    p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="Cast the floating-point weights to this dtype; default: the checkpoint's dtype.")
-    p.add_argument("--max-shard-size", default="5GB",
-                   help="Largest safetensors file: bytes, or a size such as 5GB (10^9) or 4GiB (2^30).")
+    p = argparse.ArgumentParser(
+        prog="megatron-free-convert-hf",
+        description="A megatron_free checkpoint (any TP/PP layout) -> a "
+        "HuggingFace folder; the weights keep the checkpoint's dtype unless --dtype.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--load",
+        required=True,
+        help="Checkpoint: a run's --save directory (its latest checkpoint) or one iter_ directory.",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="The HuggingFace folder to write (atomically: a reader never sees a partial export).",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="Cast the floating-point weights to this dtype; default: the checkpoint's dtype.",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        help="Largest safetensors file: bytes, or a size such as 5GB (10^9) or 4GiB (2^30).",
+    )
     p.add_argument("--overwrite", action="store_true", help="Replace an existing --output; default: refuse.")
     return p
 
@@ -58,10 +74,16 @@ def main(argv=None) -> int:
         dtype = saved if args.dtype is None else getattr(torch, args.dtype)
         vocab_size = tokenizer.vocab_size if tokenizer is not None else description.vocab_size
         path = export_hf(
-            model.state_dict(), model.config, args.output, vocab_size=vocab_size,
-            tokenizer=tokenizer, max_shard_size=args.max_shard_size,
+            model.state_dict(),
+            model.config,
+            args.output,
+            vocab_size=vocab_size,
+            tokenizer=tokenizer,
+            max_shard_size=args.max_shard_size,
             max_position_embeddings=description.max_position_embeddings,
-            rope_theta=float(description.rotary_base), dtype=dtype, overwrite=args.overwrite,
+            rope_theta=float(description.rotary_base),
+            dtype=dtype,
+            overwrite=args.overwrite,
         )
     except (CheckpointError, FileExistsError, ValueError) as e:
         return report_error(e, EXIT_USAGE)

@@ -36,8 +36,7 @@ MODELING_FILES = ("configuration_free_transformer.py", "modeling_free_transforme
 # What the tokenizer returns, all the model takes: no token_type_ids (which generate() of 4.x refuses).
 MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)?\s*$", re.IGNORECASE)
-_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 def parse_size(size: int | str) -> int:
@@ -81,8 +80,10 @@ def _write_weights(tensors: dict, folder: str, max_shard_size: int) -> None:
         for name, tensor in shard.items():
             weight_map[name] = filename
             total += tensor.numel() * tensor.element_size()
-    _write_json(os.path.join(folder, "model.safetensors.index.json"),
-                {"metadata": {"total_size": total}, "weight_map": weight_map})
+    _write_json(
+        os.path.join(folder, "model.safetensors.index.json"),
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
+    )
 
 
 def _give_default_modes(folder: str) -> None:
@@ -130,11 +131,17 @@ def _sentencepiece_tokenizer_json(model_proto: bytes):
         vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
         merges = sorted(
             (rank, vocab[piece[:i]], vocab[piece[i:]], piece[:i], piece[i:])
-            for piece, rank in vocab.items() for i in range(1, len(piece))
+            for piece, rank in vocab.items()
+            for i in range(1, len(piece))
             if piece[:i] in vocab and piece[i:] in vocab
         )
-        model = models.BPE(vocab=vocab, merges=[(m[3], m[4]) for m in merges], unk_token=pieces[unk_id][0],
-                           fuse_unk=True, byte_fallback=byte_fallback)
+        model = models.BPE(
+            vocab=vocab,
+            merges=[(m[3], m[4]) for m in merges],
+            unk_token=pieces[unk_id][0],
+            fuse_unk=True,
+            byte_fallback=byte_fallback,
+        )
     else:  # unigram
         model = models.Unigram([(piece, score) for piece, score, _ in pieces], unk_id, byte_fallback)
     tokenizer = Tokenizer(model)
@@ -142,10 +149,12 @@ def _sentencepiece_tokenizer_json(model_proto: bytes):
     tokenizer.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "\u2581")])
     tokenizer.decoder = decoders.Sequence(
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
-        + ([decoders.Strip(" ", 1, 0)] if norm.add_dummy_prefix else []))
+        + ([decoders.Strip(" ", 1, 0)] if norm.add_dummy_prefix else [])
+    )
     # unknown (2) and control (3) pieces: bos/eos/unk/pad, matched only as whole special tokens.
     tokenizer.add_special_tokens(
-        [AddedToken(piece, special=True, normalized=False) for piece, _, kind in pieces if kind in (2, 3)])
+        [AddedToken(piece, special=True, normalized=False) for piece, _, kind in pieces if kind in (2, 3)]
+    )
     return tokenizer
 
 
@@ -166,11 +175,16 @@ def _character_tokenizer_json(tokenizer):
 def _write_character_tokenizer(tokenizer, folder: str, max_position_embeddings: int) -> dict:
     _character_tokenizer_json(tokenizer).save(os.path.join(folder, "tokenizer.json"))
     special = {"eos_token": "</s>", "pad_token": "</s>"}
-    _write_json(os.path.join(folder, "tokenizer_config.json"), {
-        "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-        "model_input_names": MODEL_INPUT_NAMES,
-        "model_max_length": int(max_position_embeddings), **special,
-    })
+    _write_json(
+        os.path.join(folder, "tokenizer_config.json"),
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": False,
+            "model_input_names": MODEL_INPUT_NAMES,
+            "model_max_length": int(max_position_embeddings),
+            **special,
+        },
+    )
     _write_json(os.path.join(folder, "special_tokens_map.json"), special)
     return _token_ids(tokenizer)
 
@@ -200,11 +214,12 @@ def _write_tokenizer(tokenizer, folder: str, max_position_embeddings: int, vocab
         return _write_character_tokenizer(tokenizer, folder, max_position_embeddings)
     if not isinstance(tokenizer, (SentencePieceTokenizer, HuggingFaceTokenizer)):
         raise TypeError(
-            f"tokenizer {tokenizer!r}: HF export writes sentencepiece, HuggingFace and the toy character tokenizers only "
-            "(pass tokenizer=None and the token ids for others)")
+            f"tokenizer {tokenizer!r}: HF export writes sentencepiece, HuggingFace and the toy character "
+            "tokenizers only "
+            "(pass tokenizer=None and the token ids for others)"
+        )
     if tokenizer.vocab_size > vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens, more than vocab_size {vocab_size}")
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than vocab_size {vocab_size}")
     if isinstance(tokenizer, HuggingFaceTokenizer):
         tokenizer._tokenizer.save_pretrained(folder)
         return _token_ids(tokenizer)
@@ -224,22 +239,25 @@ def _write_tokenizer(tokenizer, folder: str, max_position_embeddings: int, vocab
     else:
         warnings.warn(
             f"{tokenizer.model_path}: its normalization is not mirrored in tokenizer.json; written as "
-            "LlamaTokenizer, whose encoding may differ from sentencepiece's in edge cases")
+            "LlamaTokenizer, whose encoding may differ from sentencepiece's in edge cases"
+        )
         tokenizer_class = "LlamaTokenizer"
-    _write_json(os.path.join(folder, "tokenizer_config.json"), {
-        "tokenizer_class": tokenizer_class,
-        # Preprocessing encoded documents as plain sentencepiece pieces and appended eod itself.
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "split_special_tokens": True,
-        "legacy": True,
-        "clean_up_tokenization_spaces": False,
-        "model_input_names": MODEL_INPUT_NAMES,
-        "model_max_length": int(max_position_embeddings),
-        **{k: v for k, v in special.items() if v is not None},
-    })
-    _write_json(os.path.join(folder, "special_tokens_map.json"),
-                {k: v for k, v in special.items() if v is not None})
+    _write_json(
+        os.path.join(folder, "tokenizer_config.json"),
+        {
+            "tokenizer_class": tokenizer_class,
+            # Preprocessing encoded documents as plain sentencepiece pieces and appended eod itself.
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "split_special_tokens": True,
+            "legacy": True,
+            "clean_up_tokenization_spaces": False,
+            "model_input_names": MODEL_INPUT_NAMES,
+            "model_max_length": int(max_position_embeddings),
+            **{k: v for k, v in special.items() if v is not None},
+        },
+    )
+    _write_json(os.path.join(folder, "special_tokens_map.json"), {k: v for k, v in special.items() if v is not None})
     return _token_ids(tokenizer)
 
 
@@ -286,16 +304,24 @@ def export_hf(
         explicit = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
         ids.update({k: v for k, v in explicit.items() if v is not None})
         config = hf_config_from(
-            megatron_config, vocab_size, max_position_embeddings, tied, rope_theta=rope_theta,
-            dtype=next(iter(tensors.values())).dtype, **ids)
+            megatron_config,
+            vocab_size,
+            max_position_embeddings,
+            tied,
+            rope_theta=rope_theta,
+            dtype=next(iter(tensors.values())).dtype,
+            **ids,
+        )
         _write_json(os.path.join(tmp, "config.json"), config)
         if not megatron_config.baseline:
             for name in MODELING_FILES:
                 shutil.copyfile(MODELING_DIR / name, os.path.join(tmp, name))
             # The one latent RNG (training's), imported by the modeling code as .latent_rng.
             shutil.copyfile(LATENT_RNG, os.path.join(tmp, "latent_rng.py"))
-        _write_json(os.path.join(tmp, "generation_config.json"),
-                    {"_from_model_config": True, **{k: ids.get(k) for k in explicit}})
+        _write_json(
+            os.path.join(tmp, "generation_config.json"),
+            {"_from_model_config": True, **{k: ids.get(k) for k in explicit}},
+        )
         _write_weights(tensors, tmp, max_bytes)
         _give_default_modes(tmp)
         if os.path.exists(out_dir):

@@ -80,8 +80,7 @@ def _check_llama_style(config) -> None:
         if getattr(config, field, value) != value:
             raise MappingError(f"HF export supports {field}={value!r} only, got {getattr(config, field)!r}")
     if getattr(config, "activation_func", F.silu) is not F.silu:
-        raise MappingError(
-            f"HF export supports activation_func=silu (SwiGLU) only, got {config.activation_func}")
+        raise MappingError(f"HF export supports activation_func=silu (SwiGLU) only, got {config.activation_func}")
     if getattr(config, "num_moe_experts", None):
         raise MappingError("HF export does not support MoE layers (num_moe_experts is set)")
 
@@ -98,23 +97,28 @@ def _split_qkv(weight: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor
     per_group = num_heads // num_groups
     expected = (num_heads + 2 * num_groups) * head_dim
     if weight.shape[0] != expected:
-        raise MappingError(f"linear_qkv.weight has {weight.shape[0]} rows, expected {expected} "
-                           f"({num_heads} query heads + 2 x {num_groups} groups, head_dim {head_dim})")
+        raise MappingError(
+            f"linear_qkv.weight has {weight.shape[0]} rows, expected {expected} "
+            f"({num_heads} query heads + 2 x {num_groups} groups, head_dim {head_dim})"
+        )
     grouped = weight.reshape(num_groups, (per_group + 2) * head_dim, -1)
     q = grouped[:, : per_group * head_dim].reshape(num_heads * head_dim, -1)
-    k = grouped[:, per_group * head_dim: (per_group + 1) * head_dim].reshape(num_groups * head_dim, -1)
-    v = grouped[:, (per_group + 1) * head_dim:].reshape(num_groups * head_dim, -1)
+    k = grouped[:, per_group * head_dim : (per_group + 1) * head_dim].reshape(num_groups * head_dim, -1)
+    v = grouped[:, (per_group + 1) * head_dim :].reshape(num_groups * head_dim, -1)
     return q.clone(), k.clone(), v.clone()
 
 
 def _merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config) -> torch.Tensor:
     num_heads, num_groups, head_dim = _heads(config)
     per_group = num_heads // num_groups
-    grouped = torch.cat([
-        q.reshape(num_groups, per_group * head_dim, -1),
-        k.reshape(num_groups, head_dim, -1),
-        v.reshape(num_groups, head_dim, -1),
-    ], dim=1)
+    grouped = torch.cat(
+        [
+            q.reshape(num_groups, per_group * head_dim, -1),
+            k.reshape(num_groups, head_dim, -1),
+            v.reshape(num_groups, head_dim, -1),
+        ],
+        dim=1,
+    )
     return grouped.reshape((num_heads + 2 * num_groups) * head_dim, -1)
 
 
@@ -148,7 +152,8 @@ def _layer_to_megatron(hf_layer: dict, prefix: str, config, transformer_impl: st
         q, k, v = (layer.pop(f"self_attn.{p}_proj.weight") for p in "qkv")
         out[prefix + "self_attention.linear_qkv.weight"] = _merge_qkv(q, k, v, config)
         out[prefix + "mlp.linear_fc1.weight"] = torch.cat(
-            [layer.pop("mlp.gate_proj.weight"), layer.pop("mlp.up_proj.weight")], dim=0)
+            [layer.pop("mlp.gate_proj.weight"), layer.pop("mlp.up_proj.weight")], dim=0
+        )
     except KeyError as e:
         raise MappingError(f"{where}{e.args[0]} is missing") from None
     if layer:
@@ -185,8 +190,10 @@ def megatron_to_hf(state_dict: dict, config, vocab_size: int | None = None) -> d
     tensors = {n: v for n, v in tensors.items() if not n.startswith("latent.")}
     layers, rest = _group_layers(tensors, _DECODER_LAYER)
     if sorted(layers) != list(range(config.num_layers)):
-        raise MappingError(f"state dict has decoder layers {sorted(layers)}, config.num_layers is "
-                           f"{config.num_layers} (export needs a whole TP1/PP1 model)")
+        raise MappingError(
+            f"state dict has decoder layers {sorted(layers)}, config.num_layers is "
+            f"{config.num_layers} (export needs a whole TP1/PP1 model)"
+        )
 
     def vocab_rows(name):
         weight = rest.pop(name)
@@ -196,37 +203,44 @@ def megatron_to_hf(state_dict: dict, config, vocab_size: int | None = None) -> d
             weight = weight[:vocab_size]
         return weight.clone()
 
-    hf = {"model.embed_tokens.weight": vocab_rows("embedding.word_embeddings.weight"),
-          "model.norm.weight": rest.pop("decoder.final_layernorm.weight")}
+    hf = {
+        "model.embed_tokens.weight": vocab_rows("embedding.word_embeddings.weight"),
+        "model.norm.weight": rest.pop("decoder.final_layernorm.weight"),
+    }
     if "output_layer.weight" in rest:
         hf["lm_head.weight"] = vocab_rows("output_layer.weight")
     for index, layer in sorted(layers.items()):
-        latent = {n[len("latent."):]: layer.pop(n) for n in list(layer) if n.startswith("latent.")}
+        latent = {n[len("latent.") :]: layer.pop(n) for n in list(layer) if n.startswith("latent.")}
         hf.update(_layer_to_hf(layer, f"model.layers.{index}.", config, f"decoder.layers.{index}."))
         if not latent:
             continue
         if config.baseline or index != config.injection_layer - 1:
-            raise MappingError(f"decoder.layers.{index}.latent.* found, but config.baseline="
-                               f"{config.baseline}, injection_layer={config.injection_layer}")
+            raise MappingError(
+                f"decoder.layers.{index}.latent.* found, but config.baseline="
+                f"{config.baseline}, injection_layer={config.injection_layer}"
+            )
         where = f"decoder.layers.{index}.latent."
         for name, hf_name in _LATENT_RENAMES.items():
             if name not in latent:
                 raise MappingError(f"{where}{name} is missing")
             hf["model.latent." + hf_name] = latent.pop(name)
-        encoder = {n[len("encoder."):]: latent.pop(n) for n in list(latent) if n.startswith("encoder.")}
+        encoder = {n[len("encoder.") :]: latent.pop(n) for n in list(latent) if n.startswith("encoder.")}
         hf.update(_layer_to_hf(encoder, "model.latent.encoder.", config, where + "encoder."))
         if latent:
             raise MappingError(f"unexpected keys: {[where + n for n in latent]}")
     if not config.baseline and "model.latent.zeta" not in hf:
-        raise MappingError(f"no decoder.layers.{config.injection_layer - 1}.latent.* in the state dict "
-                           "of a Free Transformer (config.baseline is False)")
+        raise MappingError(
+            f"no decoder.layers.{config.injection_layer - 1}.latent.* in the state dict "
+            "of a Free Transformer (config.baseline is False)"
+        )
     if rest:
         raise MappingError(f"unexpected keys: {sorted(rest)}")
     return hf
 
 
-def hf_to_megatron(hf_state_dict: dict, config, padded_vocab_size: int | None = None,
-                   transformer_impl: str = "local") -> dict:
+def hf_to_megatron(
+    hf_state_dict: dict, config, padded_vocab_size: int | None = None, transformer_impl: str = "local"
+) -> dict:
     """HF tensors -> a TP1/PP1 megatron_free state dict (parameters only, no ``_extra_state``).
 
     ``padded_vocab_size``: Megatron's padded vocabulary; the extra rows are zeros (None: no padding).
@@ -246,19 +260,20 @@ def hf_to_megatron(hf_state_dict: dict, config, padded_vocab_size: int | None = 
         return torch.cat([weight, weight.new_zeros(padded_vocab_size - weight.shape[0], weight.shape[1])])
 
     try:
-        out = {"embedding.word_embeddings.weight": vocab_rows("model.embed_tokens.weight"),
-               "decoder.final_layernorm.weight": rest.pop("model.norm.weight")}
+        out = {
+            "embedding.word_embeddings.weight": vocab_rows("model.embed_tokens.weight"),
+            "decoder.final_layernorm.weight": rest.pop("model.norm.weight"),
+        }
     except KeyError as e:
         raise MappingError(f"{e.args[0]} is missing") from None
     if "lm_head.weight" in rest:
         out["output_layer.weight"] = vocab_rows("lm_head.weight")
     if sorted(layers) != list(range(config.num_layers)):
-        raise MappingError(
-            f"HF state dict has layers {sorted(layers)}, config.num_layers is {config.num_layers}")
+        raise MappingError(f"HF state dict has layers {sorted(layers)}, config.num_layers is {config.num_layers}")
     for index, layer in sorted(layers.items()):
         prefix = f"decoder.layers.{index}."
         out.update(_layer_to_megatron(layer, prefix, config, transformer_impl, f"model.layers.{index}."))
-    latent = {n[len("model.latent."):]: rest.pop(n) for n in list(rest) if n.startswith("model.latent.")}
+    latent = {n[len("model.latent.") :]: rest.pop(n) for n in list(rest) if n.startswith("model.latent.")}
     if config.baseline:
         if latent:
             raise MappingError("model.latent.* found, but config.baseline is True")
@@ -269,9 +284,8 @@ def hf_to_megatron(hf_state_dict: dict, config, padded_vocab_size: int | None = 
                 out[prefix + name] = latent.pop(hf_name)
         except KeyError as e:
             raise MappingError(f"model.latent.{e.args[0]} is missing") from None
-        encoder = {n[len("encoder."):]: latent.pop(n) for n in list(latent) if n.startswith("encoder.")}
-        out.update(_layer_to_megatron(encoder, prefix + "encoder.", config, transformer_impl,
-                                      "model.latent.encoder."))
+        encoder = {n[len("encoder.") :]: latent.pop(n) for n in list(latent) if n.startswith("encoder.")}
+        out.update(_layer_to_megatron(encoder, prefix + "encoder.", config, transformer_impl, "model.latent.encoder."))
         if latent:
             raise MappingError(f"unexpected keys: {['model.latent.' + n for n in latent]}")
     if rest:
@@ -319,14 +333,21 @@ def hf_config_from(
         hf.update(torch_dtype=name, dtype=name)  # 4.x reads torch_dtype, 5.x dtype
     if config.baseline:
         hf.update(
-            architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False, mlp_bias=False,
-            attention_dropout=0.0, pretraining_tp=1,
+            architectures=["LlamaForCausalLM"],
+            model_type="llama",
+            attention_bias=False,
+            mlp_bias=False,
+            attention_dropout=0.0,
+            pretraining_tp=1,
             rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)},
         )
     else:
         hf.update(
-            architectures=["FreeTransformerForCausalLM"], model_type="free_transformer",
-            auto_map=dict(FREE_TRANSFORMER_AUTO_MAP), latent_bits=config.latent_bits,
-            injection_layer=config.injection_layer, free_bits=config.free_bits,
+            architectures=["FreeTransformerForCausalLM"],
+            model_type="free_transformer",
+            auto_map=dict(FREE_TRANSFORMER_AUTO_MAP),
+            latent_bits=config.latent_bits,
+            injection_layer=config.injection_layer,
+            free_bits=config.free_bits,
         )
     return hf

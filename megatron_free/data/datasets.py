@@ -162,13 +162,19 @@ def _rank_zero_first(build, cache_path):
 
 
 def microbatch_iterator(
-    dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int,
+    dataset,
+    consumed_samples: int,
+    micro_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
     num_workers: int = 0,
 ) -> Iterator[dict]:
     """Endless iterator of this DP rank's micro-batches, in Megatron's order from consumed_samples."""
     sampler = MegatronBatchSampler(consumed_samples, micro_batch_size, dp_rank, dp_size)
     loader = DataLoader(
-        dataset, batch_sampler=sampler, num_workers=num_workers,
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
     return iter(loader)

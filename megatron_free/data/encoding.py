@@ -200,8 +200,16 @@ class _Stopped(Exception):
     pass
 
 
-def encode_partition(files, parts, encoder: Encoder, tmp_prefixes: dict, workers: int, sink, skip_bad_lines: bool,
-                     should_stop=lambda: False) -> Counts:
+def encode_partition(
+    files,
+    parts,
+    encoder: Encoder,
+    tmp_prefixes: dict,
+    workers: int,
+    sink,
+    skip_bad_lines: bool,
+    should_stop=lambda: False,
+) -> Counts:
     """Encode the records of `parts` into one .bin/.idx pair per key at tmp_prefixes[key]."""
     counts = Counts()
     writers = {key: IndexedDatasetWriter(prefix, encoder.dtype) for key, prefix in tmp_prefixes.items()}
@@ -248,6 +256,7 @@ def encode_partition(files, parts, encoder: Encoder, tmp_prefixes: dict, workers
 
 # ----------------------------------------------------------------------------------------- partitions
 
+
 class _QueueSink:
     """Progress and warnings from a partition process to the parent, batched to a few messages a second."""
 
@@ -274,8 +283,9 @@ def _partition_main(index, files, parts, encoder, tmp_prefixes, workers, skip_ba
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sink = _QueueSink(queue)
     try:
-        counts = encode_partition(files, parts, encoder, tmp_prefixes, workers, sink, skip_bad_lines,
-                                  should_stop=stop_event.is_set)
+        counts = encode_partition(
+            files, parts, encoder, tmp_prefixes, workers, sink, skip_bad_lines, should_stop=stop_event.is_set
+        )
         sink.flush()
         queue.put(("done", index, counts))
     except _Stopped:
@@ -291,8 +301,11 @@ def run_partitions(files, part_lists, encoder, part_prefixes, workers, skip_bad_
     ctx = _mp_context()
     queue, stop_event = ctx.Queue(), ctx.Event()
     processes = [
-        ctx.Process(target=_partition_main, daemon=False,
-                    args=(i, files, parts, encoder, part_prefixes[i], workers, skip_bad_lines, queue, stop_event))
+        ctx.Process(
+            target=_partition_main,
+            daemon=False,
+            args=(i, files, parts, encoder, part_prefixes[i], workers, skip_bad_lines, queue, stop_event),
+        )
         for i, parts in enumerate(part_lists)
     ]
     for p in processes:
@@ -341,6 +354,7 @@ def run_partitions(files, part_lists, encoder, part_prefixes, workers, skip_bad_
 
 # ----------------------------------------------------------------------------------------- output
 
+
 def _fsync(path: str) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -358,4 +372,3 @@ def commit_outputs(tmp_prefixes: dict, final_prefixes: dict) -> None:
         os.replace(tmp + ".bin", final_prefixes[key] + ".bin")
     for key, tmp in tmp_prefixes.items():
         os.replace(tmp + ".idx", final_prefixes[key] + ".idx")
-

@@ -61,8 +61,11 @@ class FastSentencePiece:
             return
         self._user_defined = tuple(t["content"] for t in config["added_tokens"] if not processor.is_control(t["id"]))
         config["added_tokens"] = []
-        special = {processor.id_to_piece(i) for i in range(processor.vocab_size())
-                   if processor.is_control(i) or processor.is_unknown(i) or processor.is_byte(i)}
+        special = {
+            processor.id_to_piece(i)
+            for i in range(processor.vocab_size())
+            if processor.is_control(i) or processor.is_unknown(i) or processor.is_byte(i)
+        }
         model = config["model"]
         model["merges"] = [pair for pair in model["merges"] if pair[0] + pair[1] not in special]
         steps = config["normalizer"]["normalizers"]

@@ -23,8 +23,16 @@ import struct
 import numpy as np
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
-DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7,
-               np.uint16: 8}
+DTYPE_CODES = {
+    np.uint8: 1,
+    np.int8: 2,
+    np.int16: 3,
+    np.int32: 4,
+    np.int64: 5,
+    np.float64: 6,
+    np.float32: 7,
+    np.uint16: 8,
+}
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 CHUNK = 1 << 22  # index entries per read/write: 16-32 MiB
 
@@ -86,18 +94,18 @@ class IndexedDatasetWriter:
             raise InvalidIndexError(f"{prefix}.idx: dtype {np.dtype(dtype).name}, expected {np.dtype(self.dtype).name}")
         bin_size = os.path.getsize(prefix + ".bin")
         index = np.memmap(prefix + ".idx", mode="r", dtype=np.uint8)
-        lengths = index[offset:offset + 4 * sequences].view("<i4")
+        lengths = index[offset : offset + 4 * sequences].view("<i4")
         ends_at = offset + sequences * 12 + 8  # document indices, without their leading 0
-        ends = index[ends_at:ends_at + 8 * (documents - 1)].view("<i8")
+        ends = index[ends_at : ends_at + 8 * (documents - 1)].view("<i8")
         tokens = 0
         for start in range(0, sequences, CHUNK):
-            chunk = lengths[start:start + CHUNK]
+            chunk = lengths[start : start + CHUNK]
             tokens += int(chunk.sum(dtype=np.int64))
             self._lengths.write(np.ascontiguousarray(chunk).data)
         if tokens * self.itemsize != bin_size:
             raise InvalidIndexError(f"{prefix}.bin: {bin_size} bytes, its index counts {tokens * self.itemsize}")
         for start in range(0, len(ends), CHUNK):
-            self._ends.write((ends[start:start + CHUNK] + self.sequences).astype("<i8").data)
+            self._ends.write((ends[start : start + CHUNK] + self.sequences).astype("<i8").data)
         del lengths, ends, index
         with open(prefix + ".bin", "rb") as f:
             shutil.copyfileobj(f, self._bin, 1 << 24)
@@ -111,7 +119,9 @@ class IndexedDatasetWriter:
         for f in (self._bin, self._lengths, self._ends):
             f.close()
         with open(idx_path, "wb") as out:
-            out.write(INDEX_HEADER + struct.pack("<QBQQ", 1, DTYPE_CODES[self.dtype], self.sequences, self.documents + 1))
+            out.write(
+                INDEX_HEADER + struct.pack("<QBQQ", 1, DTYPE_CODES[self.dtype], self.sequences, self.documents + 1)
+            )
             with open(self.prefix + ".lengths.tmp", "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 24)
             pointer = 0

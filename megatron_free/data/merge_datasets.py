@@ -56,7 +56,7 @@ def _name_order(prefix: str):
     match = SHARD_NAME.search(prefix)
     if match is None:
         return prefix, "", -1
-    return prefix[:match.start()], prefix[match.end():], int(match.group(1))
+    return prefix[: match.start()], prefix[match.end() :], int(match.group(1))
 
 
 def _check_shard_set(prefixes: list[str]) -> None:
@@ -66,15 +66,17 @@ def _check_shard_set(prefixes: list[str]) -> None:
         match = SHARD_NAME.search(os.path.basename(prefix))
         if match:
             name = os.path.basename(prefix)
-            key = (os.path.dirname(prefix), name[:match.start()] + "|" + name[match.end():], int(match.group(2)))
+            key = (os.path.dirname(prefix), name[: match.start()] + "|" + name[match.end() :], int(match.group(2)))
             sets.setdefault(key, set()).add(int(match.group(1)))
     for (folder, name, total), present in sets.items():
         missing = sorted(set(range(total)) - present)
         if missing:
             head, tail = name.split("|")
             example = os.path.join(folder, f"{head}-{missing[0]:05d}-of-{total:05d}_{tail}")
-            raise InputError(f"--input: {len(missing)} of {total} shards missing, e.g. {example}.{{bin,idx}} "
-                             f"(shard {missing[0]}: rerun megatron-free-preprocess --shard-index {missing[0]})")
+            raise InputError(
+                f"--input: {len(missing)} of {total} shards missing, e.g. {example}.{{bin,idx}} "
+                f"(shard {missing[0]}: rerun megatron-free-preprocess --shard-index {missing[0]})"
+            )
 
 
 def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = False) -> dict:
@@ -114,16 +116,26 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
         for suffix in (".bin", ".idx"):
             if os.path.exists(tmp + suffix):
                 os.remove(tmp + suffix)
-    return {"datasets": len(prefixes), "documents": writer.documents, "sequences": writer.sequences,
-            "tokens": writer.tokens}
+    return {
+        "datasets": len(prefixes),
+        "documents": writer.documents,
+        "sequences": writer.sequences,
+        "tokens": writer.tokens,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="megatron-free-merge-datasets",
-                                description="Join Megatron indexed datasets (.bin/.idx) into one, streaming.")
-    p.add_argument("--input", nargs="+", required=True,
-                   help="dataset prefixes (no .bin/.idx), globs of them, or folders of pairs; joined in this "
-                        "order (globs and folders sorted by name)")
+    p = argparse.ArgumentParser(
+        prog="megatron-free-merge-datasets",
+        description="Join Megatron indexed datasets (.bin/.idx) into one, streaming.",
+    )
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="dataset prefixes (no .bin/.idx), globs of them, or folders of pairs; joined in this "
+        "order (globs and folders sorted by name)",
+    )
     p.add_argument("--output-prefix", required=True, help="the merged dataset: writes PREFIX.bin and PREFIX.idx")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PREFIX.bin/.idx")
     return p
@@ -139,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; no output written", file=sys.stderr)
         return 130
-    print(f"merged {counts['datasets']:,} datasets: {counts['documents']:,} documents, {counts['tokens']:,} tokens "
-          f"-> {args.output_prefix}.{{bin,idx}}", file=sys.stderr)
+    print(
+        f"merged {counts['datasets']:,} datasets: {counts['documents']:,} documents, {counts['tokens']:,} tokens "
+        f"-> {args.output_prefix}.{{bin,idx}}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -108,6 +108,7 @@ class PreprocessSummary(Counts):
 
 # ----------------------------------------------------------------------------------------- progress, output
 
+
 class _Progress:
     """A redrawn line on a terminal, plain log lines every interval otherwise."""
 
@@ -127,8 +128,10 @@ class _Progress:
 
     def _write(self, now):
         c, s = self.counts, max(now - self.start, 1e-9)
-        text = (f"{c.documents:,} docs, {c.tokens:,} tokens | {c.documents / s:,.0f} docs/s, "
-                f"{c.tokens / s:,.0f} tokens/s, {c.input_bytes / s / 1e6:.1f} MB/s")
+        text = (
+            f"{c.documents:,} docs, {c.tokens:,} tokens | {c.documents / s:,.0f} docs/s, "
+            f"{c.tokens / s:,.0f} tokens/s, {c.input_bytes / s / 1e6:.1f} MB/s"
+        )
         if self.total_bytes:
             text += f" | {min(100.0, 100 * c.input_bytes / self.total_bytes):.0f}%"
         if c.skipped:
@@ -175,8 +178,9 @@ def preprocess(config: PreprocessConfig, log=sys.stderr) -> PreprocessSummary:
     dtype = optimal_dtype(tokenizer.vocab_size)
     if config.append_eod and tokenizer.eod is None:
         raise InputError(f"--append-eod: tokenizer {tokenizer} has no end-of-document id")
-    encoder = Encoder(tokenizer, config.input_format, config.json_keys, config.append_eod, dtype,
-                      fast=config.fast_tokenizer)
+    encoder = Encoder(
+        tokenizer, config.input_format, config.json_keys, config.append_eod, dtype, fast=config.fast_tokenizer
+    )
     if encoder.slow_reason is not None and log is not None:
         log.write(f"[preprocess] sentencepiece encodes every document (no fast path: {encoder.slow_reason})\n")
     start = time.monotonic()
@@ -196,13 +200,27 @@ def preprocess(config: PreprocessConfig, log=sys.stderr) -> PreprocessSummary:
         tmp_prefixes = {key: os.path.join(tmp_dir, key) for key in config.json_keys}
         counts = Counts()
         if config.partitions == 1:
-            counts.add(encode_partition(files, part_lists[0], encoder, tmp_prefixes, config.workers, progress,
-                                        config.skip_bad_lines))
+            counts.add(
+                encode_partition(
+                    files, part_lists[0], encoder, tmp_prefixes, config.workers, progress, config.skip_bad_lines
+                )
+            )
         else:
-            part_prefixes = [{key: os.path.join(tmp_dir, f"part{i}_{key}") for key in config.json_keys}
-                             for i in range(len(part_lists))]
-            counts.add(run_partitions(files, part_lists, encoder, part_prefixes,
-                                      max(1, config.workers // config.partitions), config.skip_bad_lines, progress))
+            part_prefixes = [
+                {key: os.path.join(tmp_dir, f"part{i}_{key}") for key in config.json_keys}
+                for i in range(len(part_lists))
+            ]
+            counts.add(
+                run_partitions(
+                    files,
+                    part_lists,
+                    encoder,
+                    part_prefixes,
+                    max(1, config.workers // config.partitions),
+                    config.skip_bad_lines,
+                    progress,
+                )
+            )
             for key, tmp in tmp_prefixes.items():  # streamed, as a merge of shards
                 writer = IndexedDatasetWriter(tmp, dtype)
                 for parts in part_prefixes:
@@ -214,9 +232,11 @@ def preprocess(config: PreprocessConfig, log=sys.stderr) -> PreprocessSummary:
                 if config.num_shards == 1:
                     raise InputError(f"{', '.join(config.inputs)}: empty input: no tokens under key {key!r}{skipped}")
                 if log is not None:
-                    log.write(f"[preprocess] warning: shard {config.shard_index} of {config.num_shards} has no "
-                              f"tokens under key {key!r}{skipped}: written for the merge, but leave it out of a "
-                              "--data-path blend (megatron-core cannot open an empty .bin)\n")
+                    log.write(
+                        f"[preprocess] warning: shard {config.shard_index} of {config.num_shards} has no "
+                        f"tokens under key {key!r}{skipped}: written for the merge, but leave it out of a "
+                        "--data-path blend (megatron-core cannot open an empty .bin)\n"
+                    )
         commit_outputs(tmp_prefixes, final_prefixes)
     finally:
         progress.finish()
@@ -231,6 +251,7 @@ def preprocess(config: PreprocessConfig, log=sys.stderr) -> PreprocessSummary:
 
 # ----------------------------------------------------------------------------------------- CLI
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="megatron-free-preprocess",
@@ -238,43 +259,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("input")
     g.add_argument("--input", nargs="+", required=True, help="files or globs ('**' recursive); .gz is read as gzip")
-    g.add_argument("--input-format", choices=INPUT_FORMATS, default="jsonl",
-                   help="jsonl: one JSON object per line; text-lines: one document per line (blank lines "
-                        "skipped); text-files: one document per file; parquet: one document per row (the "
-                        "--json-keys columns); arrow: a HuggingFace datasets save_to_disk folder or its .arrow "
-                        "files (default: jsonl)")
-    g.add_argument("--json-keys", nargs="+", default=["text"],
-                   help="JSON keys to tokenize, one output pair each (text formats: the output name) (default: text)")
-    g.add_argument("--skip-bad-lines", action="store_true",
-                   help="skip and count malformed lines instead of stopping with an error")
+    g.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="jsonl",
+        help="jsonl: one JSON object per line; text-lines: one document per line (blank lines "
+        "skipped); text-files: one document per file; parquet: one document per row (the "
+        "--json-keys columns); arrow: a HuggingFace datasets save_to_disk folder or its .arrow "
+        "files (default: jsonl)",
+    )
+    g.add_argument(
+        "--json-keys",
+        nargs="+",
+        default=["text"],
+        help="JSON keys to tokenize, one output pair each (text formats: the output name) (default: text)",
+    )
+    g.add_argument(
+        "--skip-bad-lines", action="store_true", help="skip and count malformed lines instead of stopping with an error"
+    )
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True, choices=list(TOKENIZER_TYPES),
-                   help="tokenizer to encode with, as pretrain's --tokenizer-type")
-    g.add_argument("--tokenizer-model", default=None,
-                   help="sentencepiece .model file, or a local HuggingFace tokenizer folder")
-    g.add_argument("--append-eod", action="store_true",
-                   help="append the end-of-document id to every non-empty document")
+    g.add_argument(
+        "--tokenizer-type",
+        required=True,
+        choices=list(TOKENIZER_TYPES),
+        help="tokenizer to encode with, as pretrain's --tokenizer-type",
+    )
+    g.add_argument(
+        "--tokenizer-model", default=None, help="sentencepiece .model file, or a local HuggingFace tokenizer folder"
+    )
+    g.add_argument(
+        "--append-eod", action="store_true", help="append the end-of-document id to every non-empty document"
+    )
     g = p.add_argument_group("output and runtime")
     g.add_argument("--output-prefix", required=True, help="output path prefix, without _{key}_document.bin")
     g.add_argument("--workers", type=int, default=1, help="tokenizer processes in all (default: 1)")
-    g.add_argument("--partitions", type=int, default=1,
-                   help="split this run's input into this many contiguous parts by byte position, encoded "
-                        "by separate processes (with --workers/--partitions workers each), then merged "
-                        "(default: 1)")
-    g.add_argument("--log-interval-seconds", type=float, default=10.0,
-                   help="seconds between progress log lines when stderr is not a terminal (default: 10)")
-    g.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None,
-                   help="plain log lines even on a terminal")
-    g.add_argument("--shard-index", type=int, default=0,
-                   help="which shard of --num-shards to write (0-based; e.g. $SLURM_ARRAY_TASK_ID) (default: 0)")
-    g.add_argument("--num-shards", type=int, default=1,
-                   help="split the input into this many contiguous shards by byte position (row ranges in "
-                        "parquet/arrow files, whole gzip files); shard i writes {prefix}-{i:05d}-of-{N:05d}_{key}"
-                        "_document.bin/.idx, which megatron-free-merge-datasets joins into a single run's bytes "
-                        "(default: 1)")
-    g.add_argument("--no-fast-tokenizer", dest="fast_tokenizer", action="store_false", default=True,
-                   help="encode sentencepiece models with sentencepiece itself instead of gigatoken (the ids are "
-                        "the same either way)")
+    g.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="split this run's input into this many contiguous parts by byte position, encoded "
+        "by separate processes (with --workers/--partitions workers each), then merged "
+        "(default: 1)",
+    )
+    g.add_argument(
+        "--log-interval-seconds",
+        type=float,
+        default=10.0,
+        help="seconds between progress log lines when stderr is not a terminal (default: 10)",
+    )
+    g.add_argument(
+        "--no-progress-bar",
+        dest="progress_bar",
+        action="store_false",
+        default=None,
+        help="plain log lines even on a terminal",
+    )
+    g.add_argument(
+        "--shard-index",
+        type=int,
+        default=0,
+        help="which shard of --num-shards to write (0-based; e.g. $SLURM_ARRAY_TASK_ID) (default: 0)",
+    )
+    g.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        help="split the input into this many contiguous shards by byte position (row ranges in "
+        "parquet/arrow files, whole gzip files); shard i writes {prefix}-{i:05d}-of-{N:05d}_{key}"
+        "_document.bin/.idx, which megatron-free-merge-datasets joins into a single run's bytes "
+        "(default: 1)",
+    )
+    g.add_argument(
+        "--no-fast-tokenizer",
+        dest="fast_tokenizer",
+        action="store_false",
+        default=True,
+        help="encode sentencepiece models with sentencepiece itself instead of gigatoken (the ids are "
+        "the same either way)",
+    )
     return p
 
 
@@ -291,11 +353,20 @@ def main(argv: list[str] | None = None) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         config = PreprocessConfig(
-            inputs=args.input, output_prefix=args.output_prefix, tokenizer_type=args.tokenizer_type,
-            tokenizer_model=args.tokenizer_model, input_format=args.input_format, json_keys=args.json_keys,
-            append_eod=args.append_eod, workers=args.workers, partitions=args.partitions,
-            skip_bad_lines=args.skip_bad_lines, log_interval_seconds=args.log_interval_seconds,
-            progress_bar=args.progress_bar, shard_index=args.shard_index, num_shards=args.num_shards,
+            inputs=args.input,
+            output_prefix=args.output_prefix,
+            tokenizer_type=args.tokenizer_type,
+            tokenizer_model=args.tokenizer_model,
+            input_format=args.input_format,
+            json_keys=args.json_keys,
+            append_eod=args.append_eod,
+            workers=args.workers,
+            partitions=args.partitions,
+            skip_bad_lines=args.skip_bad_lines,
+            log_interval_seconds=args.log_interval_seconds,
+            progress_bar=args.progress_bar,
+            shard_index=args.shard_index,
+            num_shards=args.num_shards,
             fast_tokenizer=args.fast_tokenizer,
         )
         preprocess(config)

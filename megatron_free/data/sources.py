@@ -61,6 +61,7 @@ class Part:
 
 # ----------------------------------------------------------------------------------------- files
 
+
 def resolve_inputs(patterns: list[str], input_format: str = "jsonl") -> list[str]:
     """Files named by paths and globs ('**' recursive), each glob sorted, duplicates dropped.
 
@@ -161,6 +162,7 @@ def check_columns(path: str, input_format: str, keys) -> None:
 
 # ----------------------------------------------------------------------------------------- shards
 
+
 def plan_parts(files: list[str], input_format: str, ranges: list[tuple[int, int]], keys=()) -> list[list[Part]]:
     """For each position range [lo, hi), the parts of `files` whose records lie in it (see the module doc)."""
     sizes = [os.path.getsize(f) for f in files]
@@ -201,6 +203,7 @@ def shard_ranges(total: int, num_shards: int, shard_index: int = 0, partitions: 
     """The position range of shard shard_index of num_shards, cut into `partitions` contiguous ranges.
 
     The last range ends past `total` so that a trailing empty file (position == total) has a shard."""
+
     def bound(i, n, lo, hi):
         return lo + (hi - lo) * i // n
 
@@ -211,6 +214,7 @@ def shard_ranges(total: int, num_shards: int, shard_index: int = 0, partitions: 
 
 
 # ----------------------------------------------------------------------------------------- reading
+
 
 def read_parts(files: list[str], parts: list[Part], input_format: str, keys):
     """Yield (location, payload, nbytes, error) for the records of `parts`, in order.
@@ -338,6 +342,7 @@ def describe(files: list[str], location) -> str:
 
 # ----------------------------------------------------------------------------------------- documents
 
+
 def parse_record(payload, input_format: str, json_keys, location):
     """(per-key sentence lists | None for a blank text line, error | None, location of the error)."""
     if input_format in COLUMN_FORMATS:
@@ -388,13 +393,20 @@ def parse_record(payload, input_format: str, json_keys, location):
 
 
 def _json_type(value) -> str:
-    names = {dict: "an object", list: "an array", bool: "a boolean", int: "a number", float: "a number",
-             type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
-def iter_documents(inputs: list[str], input_format: str = "jsonl", json_key: str = "text",
-                   skip_bad_lines: bool = False):
+def iter_documents(
+    inputs: list[str], input_format: str = "jsonl", json_key: str = "text", skip_bad_lines: bool = False
+):
     """Yield document texts (one process, input order); bad lines raise InputError or are skipped.
 
     For callers that want text rather than token ids (tokenizer training). Lists of sentences are joined by newlines.

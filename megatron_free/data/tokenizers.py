@@ -232,5 +232,8 @@ class TokenizerConfig:
         vocab = tokenizer.vocab_size if tokenizer is not None else self.vocab_size
         if vocab is None:
             raise ValueError("no vocabulary: give --tokenizer-type (and --tokenizer-model) or --vocab-size")
-        return tokenizer, vocab, vocab_size_with_padding(vocab, self.make_vocab_size_divisible_by,
-                                                         tensor_model_parallel_size)
+        return (
+            tokenizer,
+            vocab,
+            vocab_size_with_padding(vocab, self.make_vocab_size_divisible_by, tensor_model_parallel_size),
+        )

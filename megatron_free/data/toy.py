@@ -52,12 +52,13 @@ def generate_toy_sample(rng: np.random.Generator | int | tuple) -> ToySample:
     letter = LETTERS[int(rng.integers(len(LETTERS)))]
     position = int(rng.integers(NUM_POSITIONS))
     body = [BLANK_CHAR] * BODY_LENGTH
-    body[position:position + RUN_LENGTH] = letter * RUN_LENGTH
+    body[position : position + RUN_LENGTH] = letter * RUN_LENGTH
     noise = np.flatnonzero(rng.random(BODY_LENGTH) < NOISE_PROBABILITY)
     for i in noise:
         body[i] = NOISE_CHAR
-    return ToySample(text=f"{letter}>" + "".join(body), letter=letter, position=position,
-                     noise=tuple(int(i) for i in noise))
+    return ToySample(
+        text=f"{letter}>" + "".join(body), letter=letter, position=position, noise=tuple(int(i) for i in noise)
+    )
 
 
 def parse_toy_sample(text: str) -> int | None:
@@ -77,7 +78,7 @@ def parse_toy_sample(text: str) -> int | None:
     if not hits or hits[-1] - hits[0] >= RUN_LENGTH:
         return None
     for start in range(max(0, hits[-1] - RUN_LENGTH + 1), min(hits[0], NUM_POSITIONS - 1) + 1):
-        if all(c != BLANK_CHAR for c in body[start:start + RUN_LENGTH]):
+        if all(c != BLANK_CHAR for c in body[start : start + RUN_LENGTH]):
             return start
     return None
 
@@ -112,8 +113,10 @@ class ToyTaskDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         ids = self.tokenizer.tokenize(self.sample(index).text) + [self.tokenizer.eod]
         if len(ids) != self.seq_length + 1:
-            raise ValueError(f"{type(self.tokenizer).__name__} gives {len(ids)} tokens for a toy sample, "
-                             f"expected {self.seq_length + 1} (one per character + eod)")
+            raise ValueError(
+                f"{type(self.tokenizer).__name__} gives {len(ids)} tokens for a toy sample, "
+                f"expected {self.seq_length + 1} (one per character + eod)"
+            )
         ids = torch.tensor(ids, dtype=torch.int64)
         return {
             "tokens": ids[:-1].clone(),

@@ -95,7 +95,10 @@ def train_tokenizer(config: TokenizerTrainingConfig, log=sys.stderr) -> str:
             remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True,
             add_dummy_prefix=True,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
             input_sentence_size=config.input_sentence_size,
             shuffle_input_sentence=True,
             max_sentence_length=config.max_sentence_length,
@@ -134,28 +137,60 @@ def train_tokenizer(config: TokenizerTrainingConfig, log=sys.stderr) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TokenizerTrainingConfig
-    p = argparse.ArgumentParser(prog="megatron-free-train-tokenizer",
-                                description="Train a sentencepiece tokenizer (BPE, byte fallback, split digits).")
+    p = argparse.ArgumentParser(
+        prog="megatron-free-train-tokenizer",
+        description="Train a sentencepiece tokenizer (BPE, byte fallback, split digits).",
+    )
     p.add_argument("--input", nargs="+", required=True, help="files or globs ('**' recursive); .gz is read as gzip")
-    p.add_argument("--input-format", choices=INPUT_FORMATS, default=d.input_format,
-                   help="as in megatron-free-preprocess (default: jsonl)")
+    p.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default=d.input_format,
+        help="as in megatron-free-preprocess (default: jsonl)",
+    )
     p.add_argument("--json-key", default=d.json_key, help="JSON key holding the text (default: text)")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip malformed lines instead of stopping")
     p.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
-    p.add_argument("--vocab-size", type=int, required=True,
-                   help="pieces in the vocabulary, the 256 byte pieces and unk/bos/eos included (>= 260)")
-    p.add_argument("--model-type", choices=("bpe", "unigram"), default=d.model_type,
-                   help="sentencepiece's algorithm (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="seed of the line sample and of sentencepiece's randomness (default: %(default)s)")
-    p.add_argument("--character-coverage", type=float, default=d.character_coverage,
-                   help="share of the characters covered by pieces of their own; the rarest others go "
-                        "through byte fallback (default: %(default)s)")
-    p.add_argument("--input-sentence-size", type=int, default=d.input_sentence_size,
-                   help="lines sampled (seeded) when the corpus has more; 0: all (default: %(default)s)")
-    p.add_argument("--max-sentence-length", type=int, default=d.max_sentence_length,
-                   help="longest line used, in bytes (default: %(default)s)")
-    p.add_argument("--num-threads", type=int, default=d.num_threads, help="sentencepiece's trainer threads (default: %(default)s)")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        required=True,
+        help="pieces in the vocabulary, the 256 byte pieces and unk/bos/eos included (>= 260)",
+    )
+    p.add_argument(
+        "--model-type",
+        choices=("bpe", "unigram"),
+        default=d.model_type,
+        help="sentencepiece's algorithm (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of the line sample and of sentencepiece's randomness (default: %(default)s)",
+    )
+    p.add_argument(
+        "--character-coverage",
+        type=float,
+        default=d.character_coverage,
+        help="share of the characters covered by pieces of their own; the rarest others go "
+        "through byte fallback (default: %(default)s)",
+    )
+    p.add_argument(
+        "--input-sentence-size",
+        type=int,
+        default=d.input_sentence_size,
+        help="lines sampled (seeded) when the corpus has more; 0: all (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-sentence-length",
+        type=int,
+        default=d.max_sentence_length,
+        help="longest line used, in bytes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-threads", type=int, default=d.num_threads, help="sentencepiece's trainer threads (default: %(default)s)"
+    )
     return p
 
 
@@ -163,10 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = TokenizerTrainingConfig(
-            inputs=args.input, model_prefix=args.model_prefix, vocab_size=args.vocab_size,
-            input_format=args.input_format, json_key=args.json_key, model_type=args.model_type, seed=args.seed,
-            character_coverage=args.character_coverage, input_sentence_size=args.input_sentence_size,
-            max_sentence_length=args.max_sentence_length, num_threads=args.num_threads,
+            inputs=args.input,
+            model_prefix=args.model_prefix,
+            vocab_size=args.vocab_size,
+            input_format=args.input_format,
+            json_key=args.json_key,
+            model_type=args.model_type,
+            seed=args.seed,
+            character_coverage=args.character_coverage,
+            input_sentence_size=args.input_sentence_size,
+            max_sentence_length=args.max_sentence_length,
+            num_threads=args.num_threads,
             skip_bad_lines=args.skip_bad_lines,
         )
         train_tokenizer(config)

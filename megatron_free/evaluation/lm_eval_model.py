@@ -62,17 +62,27 @@ def _left_pad(rows: list[list[int]], pad: int):
     ids = torch.full((len(rows), length), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, length - len(row):] = 1
+        ids[i, length - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, length - len(row) :] = 1
     return ids, mask, [length - len(r) for r in rows]
 
 
 @register_model("free_transformer")
 class FreeTransformerLM(TemplateLM):
-    def __init__(self, pretrained: str, dtype: str = "float32", device: str | None = None, batch_size=1,
-                 max_length: int | None = None, max_gen_toks: int = 256, latent_samples: int = 1,
-                 latent_seed: int = 0, context_latent: str = "posterior", trust_remote_code: bool = True,
-                 **kwargs):
+    def __init__(
+        self,
+        pretrained: str,
+        dtype: str = "float32",
+        device: str | None = None,
+        batch_size=1,
+        max_length: int | None = None,
+        max_gen_toks: int = 256,
+        latent_samples: int = 1,
+        latent_seed: int = 0,
+        context_latent: str = "posterior",
+        trust_remote_code: bool = True,
+        **kwargs,
+    ):
         super().__init__()
         import transformers
         from packaging.version import Version
@@ -97,12 +107,20 @@ class FreeTransformerLM(TemplateLM):
         self._device = torch.device(device)
         # from_pretrained's dtype is torch_dtype before transformers 4.56, which warns on the old name.
         dtype_name = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-        self.model = AutoModelForCausalLM.from_pretrained(
-            pretrained, trust_remote_code=trust_remote_code,
-            **{dtype_name: "auto" if dtype == "auto" else _DTYPES[dtype]}).to(self._device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(
+                pretrained,
+                trust_remote_code=trust_remote_code,
+                **{dtype_name: "auto" if dtype == "auto" else _DTYPES[dtype]},
+            )
+            .to(self._device)
+            .eval()
+        )
         if getattr(self.model.config, "model_type", None) != "free_transformer":
-            raise ValueError(f"pretrained={pretrained} is a {self.model.config.model_type!r} model, not a Free "
-                             "Transformer export: evaluate it with --model hf")
+            raise ValueError(
+                f"pretrained={pretrained} is a {self.model.config.model_type!r} model, not a Free "
+                "Transformer export: evaluate it with --model hf"
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
         self.max_length = int(max_length or self.model.config.max_position_embeddings)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
@@ -126,19 +144,25 @@ class FreeTransformerLM(TemplateLM):
     # -- likelihoods -------------------------------------------------------------------------------
     def _batches(self, items):
         for start in range(0, len(items), self.batch_size_per_call):
-            yield items[start: start + self.batch_size_per_call]
+            yield items[start : start + self.batch_size_per_call]
 
     @torch.no_grad()
     def _context_codes(self, contexts: list[list[int]], seeds: torch.Tensor) -> list[torch.Tensor]:
         """Each context's codes [len(context)], from the encoder over that context alone."""
         ids, mask, pads = _left_pad(contexts, self.pad_id)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         latent_mode="posterior", latent_seed=seeds.to(self.device), use_cache=False)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            latent_mode="posterior",
+            latent_seed=seeds.to(self.device),
+            use_cache=False,
+        )
         return [out.latent_codes[i, pad:] for i, pad in enumerate(pads)]
 
     @torch.no_grad()
-    def token_log_probs(self, pairs: list[tuple[list[int], list[int]]], draw: int = 0,
-                        context_latent: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def token_log_probs(
+        self, pairs: list[tuple[list[int], list[int]]], draw: int = 0, context_latent: str | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """For each (context, continuation): the log-probability of every continuation token and whether
         it was the argmax, under draw ``draw`` of Z (context_latent: this model's by default)."""
         context_latent = context_latent or self.context_latent
@@ -148,14 +172,19 @@ class FreeTransformerLM(TemplateLM):
         codes = prior_codes(seeds, positions, self.model.config.latent_bits)
         if context_latent == "posterior":
             for i, context_codes in enumerate(self._context_codes([ctx for ctx, _ in pairs], seeds)):
-                codes[i, pads[i]: pads[i] + len(pairs[i][0])] = context_codes.cpu()
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            latent_mode="given", latent_codes=codes.to(self.device), use_cache=False).logits
+                codes[i, pads[i] : pads[i] + len(pairs[i][0])] = context_codes.cpu()
+        logits = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            latent_mode="given",
+            latent_codes=codes.to(self.device),
+            use_cache=False,
+        ).logits
         log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
         scores = []
         for i, (_, cont) in enumerate(pairs):
             start = ids.shape[1] - len(cont)  # the logits at position p predict token p + 1
-            predicted = log_probs[i, start - 1: ids.shape[1] - 1]
+            predicted = log_probs[i, start - 1 : ids.shape[1] - 1]
             targets = ids[i, start:]
             scores.append((predicted.gather(-1, targets[:, None])[:, 0], predicted.argmax(-1) == targets))
         return scores
@@ -164,22 +193,24 @@ class FreeTransformerLM(TemplateLM):
         """(log-mean-exp over the K draws of the continuation's log-probability, greedy under the first
         draw) for each (context, continuation)."""
         draws = [self.token_log_probs(pairs, k, context_latent) for k in range(self.latent_samples)]
-        return [(log_mean_exp([d[i][0].sum().item() for d in draws]), bool(draws[0][i][1].all()))
-                for i in range(len(pairs))]
+        return [
+            (log_mean_exp([d[i][0].sum().item() for d in draws]), bool(draws[0][i][1].all())) for i in range(len(pairs))
+        ]
 
     def _truncated(self, context: list[int], continuation: list[int]):
         """Keep the last max_length tokens of context + continuation (as lm-eval's HF model)."""
-        whole = (context + continuation)[-self.max_length:]
+        whole = (context + continuation)[-self.max_length :]
         if len(continuation) >= len(whole):
-            raise ValueError(f"a continuation of {len(continuation)} tokens leaves no context within "
-                             f"max_length {self.max_length}")
+            raise ValueError(
+                f"a continuation of {len(continuation)} tokens leaves no context within max_length {self.max_length}"
+            )
         return whole[: len(whole) - len(continuation)], continuation
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         pairs = [self._truncated(ctx, cont) for _, ctx, cont in requests]
         results = []
         for start in range(0, len(pairs), self.batch_size_per_call):
-            scores = self._score(pairs[start: start + self.batch_size_per_call], self.context_latent)
+            scores = self._score(pairs[start : start + self.batch_size_per_call], self.context_latent)
             for (request, _, _), score in zip(requests[start:], scores):
                 self.cache_hook.add_partial("loglikelihood", request, score)
             results.extend(scores)
@@ -189,9 +220,12 @@ class FreeTransformerLM(TemplateLM):
         results = []
         for request in requests:
             (text,) = request.args
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                self.tok_encode(text), prefix_token=self.eot_token_id, max_seq_len=self.max_length,
-                context_len=1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    self.tok_encode(text), prefix_token=self.eot_token_id, max_seq_len=self.max_length, context_len=1
+                )
+            ]
             total = 0.0
             for batch in self._batches(windows):
                 total += sum(score for score, _ in self._score(batch, "prior"))
@@ -226,14 +260,20 @@ class FreeTransformerLM(TemplateLM):
         temperature = float(kwargs.pop("temperature", 0.0))
         do_sample = bool(kwargs.pop("do_sample", temperature > 0.0))
         sampling = dict(do_sample=True, temperature=temperature, **kwargs) if do_sample else dict(do_sample=False)
-        prompts = [self.tok_encode(c)[-(self.max_length - max_new):] or [self.eot_token_id] for c in contexts]
+        prompts = [self.tok_encode(c)[-(self.max_length - max_new) :] or [self.eot_token_id] for c in contexts]
         ids, mask, _ = _left_pad(prompts, self.pad_id)
         seeds = torch.tensor([request_seed(self.latent_seed, 0, p) for p in prompts])
         output = self.model.generate(
-            ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new,
-            latent_mode="posterior", latent_seed=seeds.to(self.device), pad_token_id=self.pad_id, **sampling)
+            ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=max_new,
+            latent_mode="posterior",
+            latent_seed=seeds.to(self.device),
+            pad_token_id=self.pad_id,
+            **sampling,
+        )
         texts = []
-        for row in output[:, ids.shape[1]:].tolist():
+        for row in output[:, ids.shape[1] :].tolist():
             text = self.tok_decode(row)
             for stop in until + ([eos] if eos else []):
                 if stop in text:

@@ -46,8 +46,11 @@ def load_for_inference(load: str) -> LoadedCheckpoint:
         raise CheckpointError(f"--load {path}: not a readable checkpoint ({type(e).__name__})") from None
     description = saved_description(path, common)
     try:
-        tokenizer = (build_tokenizer(description.tokenizer_type, description.tokenizer_model)
-                     if description.tokenizer_type else None)
+        tokenizer = (
+            build_tokenizer(description.tokenizer_type, description.tokenizer_model)
+            if description.tokenizer_type
+            else None
+        )
     except (OSError, ValueError) as e:
         raise CheckpointError(f"--load {path}: its tokenizer does not load ({e})") from None
     initialize_distributed(ParallelConfig(), seed=0)

@@ -34,13 +34,17 @@ def _forward_logits(model_chunks, tokens, control, seeds):
     position_ids = torch.arange(length, device=tokens.device).expand(batch, length)
 
     def forward_step(data_iterator, model):
-        output = model(tokens, position_ids, None, latent_seeds=seeds, latent=control,
-                       runtime_gather_output=True)
+        output = model(tokens, position_ids, None, latent_seeds=seeds, latent=control, runtime_gather_output=True)
         return output, lambda out, non_loss_data=False: out
 
     outputs = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=iter([None]), model=model_chunks,
-        num_microbatches=1, seq_length=length, micro_batch_size=batch, forward_only=True,
+        forward_step_func=forward_step,
+        data_iterator=iter([None]),
+        model=model_chunks,
+        num_microbatches=1,
+        seq_length=length,
+        micro_batch_size=batch,
+        forward_only=True,
         collect_non_loss_data=True,
     )
     return outputs[0][:, -1].float() if parallel_state.is_pipeline_last_stage() else None
@@ -62,14 +66,25 @@ def _latent_codes_of_prompt(model_chunks):
     group = parallel_state.get_pipeline_model_parallel_group()
     dist.all_reduce(found, op=dist.ReduceOp.MAX, group=group)
     dist.all_reduce(shape, op=dist.ReduceOp.MAX, group=group)
-    buffer = codes if codes is not None else torch.zeros(tuple(shape.tolist()), dtype=torch.long,
-                                                         device=_device())
+    buffer = codes if codes is not None else torch.zeros(tuple(shape.tolist()), dtype=torch.long, device=_device())
     dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=group)
     return buffer
 
 
-def generate(model_chunks, prompt_ids, num_tokens: int, *, latent="uniform", latent_bits=None, seed=0,
-             sampling_seed=None, temperature=1.0, top_k=0, vocab_size=None, codes=None):
+def generate(
+    model_chunks,
+    prompt_ids,
+    num_tokens: int,
+    *,
+    latent="uniform",
+    latent_bits=None,
+    seed=0,
+    sampling_seed=None,
+    temperature=1.0,
+    top_k=0,
+    vocab_size=None,
+    codes=None,
+):
     """Returns [b, prompt + num_tokens] token ids, identical on every rank. ``seed`` draws the
     latents, ``sampling_seed`` (default: seed + 1) the tokens. ``vocab_size``: the tokenizer's, so
     Megatron's padding rows of the output layer are never sampled. ``codes`` ([b, prompt +
@@ -97,8 +112,9 @@ def generate(model_chunks, prompt_ids, num_tokens: int, *, latent="uniform", lat
         control = LatentControl(mode="prior")
         if codes is not None:
             if tuple(codes.shape) != (batch, total):
-                raise ValueError(f"codes has shape {tuple(codes.shape)}, expected {(batch, total)} "
-                                 f"(rows x prompt + new tokens)")
+                raise ValueError(
+                    f"codes has shape {tuple(codes.shape)}, expected {(batch, total)} (rows x prompt + new tokens)"
+                )
             control = None
         elif latent_bits is not None:
             codes = prior_codes(seeds, sequence_positions(batch, total, device), latent_bits).cpu()
@@ -151,30 +167,45 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="megatron-free-generate",
         description="Sample text from a megatron_free checkpoint, one process (full recompute per token; "
-                    "the HuggingFace export has a KV cache). Prints one line per sample, or with --output "
-                    "writes one JSON object per sample.",
+        "the HuggingFace export has a KV cache). Prints one line per sample, or with --output "
+        "writes one JSON object per sample.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--load", required=True,
-                   help="Checkpoint: a run's --save directory (its latest checkpoint) or one iter_ directory.")
+    p.add_argument(
+        "--load",
+        required=True,
+        help="Checkpoint: a run's --save directory (its latest checkpoint) or one iter_ directory.",
+    )
     p.add_argument("--prompt", action="append", default=[], help="A prompt; repeat the flag for more.")
     p.add_argument("--prompts-file", default=None, help="A file of prompts, one per line (blank lines skipped).")
     p.add_argument("--num-samples", type=int, default=1, help="Samples per prompt.")
     p.add_argument("--max-new-tokens", type=int, default=64, help="Tokens generated after each prompt.")
     p.add_argument("--latent", choices=GENERATION_LATENTS, default="posterior-prompt", help=LATENT_HELP)
-    p.add_argument("--latent-seed", type=int, default=0,
-                   help="Seed of the latents: the shared Z of fixed-seed; in the other modes, prompt p's "
-                        "samples draw theirs from a seed derived from this one and p.")
-    p.add_argument("--seed", type=int, default=0,
-                   help="Seed of the token sampling, separate from --latent-seed: prompt p's tokens are drawn "
-                        "from a seed derived from this one, p and --latent, so that no two prompts or modes "
-                        "share their sampling noise; the same flags give the same samples.")
+    p.add_argument(
+        "--latent-seed",
+        type=int,
+        default=0,
+        help="Seed of the latents: the shared Z of fixed-seed; in the other modes, prompt p's "
+        "samples draw theirs from a seed derived from this one and p.",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of the token sampling, separate from --latent-seed: prompt p's tokens are drawn "
+        "from a seed derived from this one, p and --latent, so that no two prompts or modes "
+        "share their sampling noise; the same flags give the same samples.",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="Softmax temperature; 0: greedy.")
     p.add_argument("--top-k", type=int, default=0, help="Sample among the k likeliest tokens only; 0: all.")
-    p.add_argument("--output", default=None, metavar="FILE.jsonl",
-                   help="Write the samples there (atomically), one JSON object per line: prompt, prompt_index, "
-                        "sample, latent, latent_seed, sampling_seed, text (prompt included), tokens, "
-                        "prompt_tokens; default: print the texts.")
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE.jsonl",
+        help="Write the samples there (atomically), one JSON object per line: prompt, prompt_index, "
+        "sample, latent, latent_seed, sampling_seed, text (prompt included), tokens, "
+        "prompt_tokens; default: print the texts.",
+    )
     p.add_argument("--overwrite", action="store_true", help="Replace an existing --output.")
     return p
 
@@ -226,15 +257,32 @@ def main(argv=None) -> int:
             if latent is not None:
                 latent_seed = args.latent_seed if latent == "fixed-seed" else derived_seed(args.latent_seed, index)
             sampling_seed = derived_seed(args.seed, index, latent or "baseline")
-            out = generate([model], torch.tensor([prompt_ids] * args.num_samples), args.max_new_tokens,
-                           latent=args.latent, latent_bits=latent_bits, seed=latent_seed or 0,
-                           sampling_seed=sampling_seed, temperature=args.temperature, top_k=args.top_k,
-                           vocab_size=tokenizer.vocab_size)
+            out = generate(
+                [model],
+                torch.tensor([prompt_ids] * args.num_samples),
+                args.max_new_tokens,
+                latent=args.latent,
+                latent_bits=latent_bits,
+                seed=latent_seed or 0,
+                sampling_seed=sampling_seed,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                vocab_size=tokenizer.vocab_size,
+            )
             for sample, row in enumerate(out.tolist()):
-                records.append({"prompt": prompt, "prompt_index": index, "sample": sample, "latent": latent,
-                                "latent_seed": latent_seed, "sampling_seed": sampling_seed,
-                                "text": tokenizer.detokenize(row), "tokens": row,
-                                "prompt_tokens": len(prompt_ids)})
+                records.append(
+                    {
+                        "prompt": prompt,
+                        "prompt_index": index,
+                        "sample": sample,
+                        "latent": latent,
+                        "latent_seed": latent_seed,
+                        "sampling_seed": sampling_seed,
+                        "text": tokenizer.detokenize(row),
+                        "tokens": row,
+                        "prompt_tokens": len(prompt_ids),
+                    }
+                )
         if args.output:
             _write_jsonl(args.output, records)
             print(f"wrote {len(records)} samples to {args.output}", file=sys.stderr)

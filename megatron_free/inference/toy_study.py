@@ -80,8 +80,11 @@ def noise_agreement(groups) -> dict:
         jaccard += _jaccard(na, nb)
         count += 1
     nan = float("nan")
-    return {"noise_identical": identical / count if count else nan,
-            "noise_jaccard": jaccard / count if count else nan, "pairs": count}
+    return {
+        "noise_identical": identical / count if count else nan,
+        "noise_jaccard": jaccard / count if count else nan,
+        "pairs": count,
+    }
 
 
 def summarize_groups(groups) -> dict:
@@ -92,15 +95,18 @@ def summarize_groups(groups) -> dict:
     return {
         "samples": sum(len(g) for g in groups),
         "well_formed": well_formed_rate(t for g in groups for t in g),
-        "position_agreement": position, "position_pairs": position_pairs,
+        "position_agreement": position,
+        "position_pairs": position_pairs,
         "position_distance": position_distance(groups),
-        "noise_identical": noise["noise_identical"], "noise_jaccard": noise["noise_jaccard"],
+        "noise_identical": noise["noise_identical"],
+        "noise_jaccard": noise["noise_jaccard"],
         "pairs": noise["pairs"],
     }
 
 
-def generate_groups(model_chunks, tokenizer, letters: str, group_size: int, *, shared_z: bool,
-                    latent_bits, seed: int) -> list[list[str]]:
+def generate_groups(
+    model_chunks, tokenizer, letters: str, group_size: int, *, shared_z: bool, latent_bits, seed: int
+) -> list[list[str]]:
     """One group of ``group_size`` samples from the prompt "<letter>>" per letter, all groups in
     one batch. ``shared_z``: every sample of a group gets the same Z (one uniform code per
     position, drawn once per group); otherwise each sample draws its own. Temperature 1, no top-k.
@@ -116,18 +122,18 @@ def generate_groups(model_chunks, tokenizer, letters: str, group_size: int, *, s
         codes = prior_codes(sample_seeds(seed, rows), sequence_positions(rows, total), latent_bits)
         if shared_z:
             codes = codes.repeat_interleave(group_size, dim=0)
-    ids = generate(model_chunks, prompt, BODY_LENGTH, seed=seed, codes=codes,
-                   vocab_size=tokenizer.vocab_size)
+    ids = generate(model_chunks, prompt, BODY_LENGTH, seed=seed, codes=codes, vocab_size=tokenizer.vocab_size)
     texts = [tokenizer.detokenize(row.tolist()) for row in ids]
-    return [texts[i:i + group_size] for i in range(0, len(texts), group_size)]
+    return [texts[i : i + group_size] for i in range(0, len(texts), group_size)]
 
 
 def sample_groups(model_chunks, tokenizer, letter: str, group_size: int, seed: int, latent_bits):
     """{'shared Z': [texts], 'independent Z': [texts]} from the prompt '<letter>>'; the groups
     use different seeds, so that no sample of one repeats a sample of the other by construction."""
     return {
-        name: generate_groups(model_chunks, tokenizer, letter, group_size, shared_z=shared,
-                              latent_bits=latent_bits, seed=seed + offset)[0]
+        name: generate_groups(
+            model_chunks, tokenizer, letter, group_size, shared_z=shared, latent_bits=latent_bits, seed=seed + offset
+        )[0]
         for name, shared, offset in (("shared Z", True, 0), ("independent Z", False, 1000))
     }
 
@@ -135,32 +141,37 @@ def sample_groups(model_chunks, tokenizer, letter: str, group_size: int, seed: i
 SAMPLE_MARKS = (
     'ok = a well-formed toy sequence (66 characters: "<letter>>", then 64 of "_", "!" and that '
     'letter only, every letter inside one window of 8, the target, which the noise "!" may partly '
-    'hide); bad = any other text')
+    "hide); bad = any other text"
+)
 
 
 def toy_samples_report(groups: dict) -> list[str]:
     """The lines that show ``sample_groups``'s groups: each text marked ok/bad, and per group the
     measures of summarize_groups."""
-    lines = [f"toy samples at temperature 1 from the prompt \"K>\"; {SAMPLE_MARKS}"]
+    lines = [f'toy samples at temperature 1 from the prompt "K>"; {SAMPLE_MARKS}']
     for name, texts in groups.items():
         lines.append(f"--- {name} ---")
         lines += [("ok " if parse_toy_sample(t) is not None else "bad") + f" {t}" for t in texts]
-    lines.append("measures (pairs: unordered pairs of samples of the group; a Z that carries the "
-                 "target position gives a same-position rate near 1 with shared Z and near 1/57 "
-                 "with independent Z, a Z that carries the noise does the same for the noise "
-                 "measures):")
+    lines.append(
+        "measures (pairs: unordered pairs of samples of the group; a Z that carries the "
+        "target position gives a same-position rate near 1 with shared Z and near 1/57 "
+        "with independent Z, a Z that carries the noise does the same for the noise "
+        "measures):"
+    )
     for name, texts in groups.items():
         m = summarize_groups([texts])
         lines.append(
             f"  {name + ':':<15} well-formed {m['well_formed']:.2f} of {m['samples']} | same position "
             f"{m['position_agreement']:.2f} over {m['position_pairs']} pairs of well-formed samples | "
             f"noise identical {m['noise_identical']:.2f}, noise Jaccard {m['noise_jaccard']:.2f} "
-            f"over {m['pairs']} pairs")
+            f"over {m['pairs']} pairs"
+        )
     return lines
 
 
-def print_toy_samples(model_chunks, tokenizer, num_samples: int, seed: int, latent_bits: int | None,
-                      logger=None, step: int = 0) -> list[str]:
+def print_toy_samples(
+    model_chunks, tokenizer, num_samples: int, seed: int, latent_bits: int | None, logger=None, step: int = 0
+) -> list[str]:
     """The toy main job's end-of-run samples: ``num_samples`` texts with a shared Z and as many
     with independent Z (latent_bits None: a baseline's, once), printed with their measures and,
     given a TrainingLogger, written to TensorBoard as the text summary "toy samples" at ``step``.

@@ -36,8 +36,7 @@ class SDPACoreAttention(MegatronModule):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError(
-                "--context-parallel-size > 1 needs the Transformer Engine spec "
-                "(--transformer-impl transformer_engine)"
+                "--context-parallel-size > 1 needs the Transformer Engine spec (--transformer-impl transformer_engine)"
             )
         self.attn_mask_type = attn_mask_type
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
@@ -69,7 +68,9 @@ class SDPACoreAttention(MegatronModule):
         rng = get_cuda_rng_tracker().fork() if dropout_p > 0 else contextlib.nullcontext()
         with rng:
             context = F.scaled_dot_product_attention(
-                q, k, v,
+                q,
+                k,
+                v,
                 attn_mask=mask,
                 dropout_p=dropout_p,
                 is_causal=is_causal,

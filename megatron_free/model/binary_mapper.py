@@ -71,8 +71,9 @@ class BinaryMapperPostSampler(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, bit_logits: Tensor | None, codes: Tensor, weight: Tensor, code_offset: int,
-                chunk_size: int) -> Tensor:
+    def forward(
+        ctx, bit_logits: Tensor | None, codes: Tensor, weight: Tensor, code_offset: int, chunk_size: int
+    ) -> Tensor:
         local, outside = _local_rows(codes, code_offset, weight.shape[0])
         # Forward value is exactly Y @ W: a row gather, zero for codes another shard holds.
         output = F.embedding(local, weight).masked_fill_(outside.unsqueeze(-1), 0.0)
@@ -97,8 +98,9 @@ class BinaryMapperPostSampler(torch.autograd.Function):
         return grad_logits, None, grad_weight, None, None
 
 
-def _straight_through_logit_grad(bit_logits: Tensor, grad_output: Tensor, weight: Tensor, code_offset: int,
-                                 chunk_size: int) -> Tensor:
+def _straight_through_logit_grad(
+    bit_logits: Tensor, grad_output: Tensor, weight: Tensor, code_offset: int, chunk_size: int
+) -> Tensor:
     """dL/do_{t,h} = sum_{d in shard} g_{t,d} G_{t,d} (u_h(d) - p_{t,h}), chunked over codes.
 
     Peak extra memory is two [T, chunk] tensors (log G -> G, and g -> g*G) plus a [chunk, D] weight copy
@@ -148,12 +150,15 @@ def binary_mapper_post_sampler(
     flat_logits = None
     if bit_logits is not None:
         if bit_logits.shape[:-1] != lead_shape:
-            raise ValueError(f"bit_logits shape {tuple(bit_logits.shape)} does not match codes shape "
-                             f"{tuple(lead_shape)} + (H,)")
+            raise ValueError(
+                f"bit_logits shape {tuple(bit_logits.shape)} does not match codes shape {tuple(lead_shape)} + (H,)"
+            )
         num_codes = 2 ** bit_logits.shape[-1]
         if code_offset + weight.shape[0] > num_codes:
-            raise ValueError(f"code_offset={code_offset} + {weight.shape[0]} weight rows exceeds "
-                             f"C = 2^{bit_logits.shape[-1]} = {num_codes} codes")
+            raise ValueError(
+                f"code_offset={code_offset} + {weight.shape[0]} weight rows exceeds "
+                f"C = 2^{bit_logits.shape[-1]} = {num_codes} codes"
+            )
         flat_logits = bit_logits.reshape(-1, bit_logits.shape[-1])
     output = BinaryMapperPostSampler.apply(flat_logits, flat_codes, weight, code_offset, chunk_size)
     return output.reshape(*lead_shape, weight.shape[-1])

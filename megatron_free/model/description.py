@@ -83,10 +83,14 @@ class ModelDescription:
         """From validated pretrain flags (vars(args)), as checkpoints before the description stored them."""
         try:
             return cls(
-                num_layers=flags["num_layers"], hidden_size=flags["hidden_size"],
-                ffn_hidden_size=flags["ffn_hidden_size"], num_attention_heads=flags["num_attention_heads"],
-                num_query_groups=flags["num_query_groups"], kv_channels=flags.get("kv_channels"),
-                max_position_embeddings=flags["max_position_embeddings"], rotary_base=flags["rotary_base"],
+                num_layers=flags["num_layers"],
+                hidden_size=flags["hidden_size"],
+                ffn_hidden_size=flags["ffn_hidden_size"],
+                num_attention_heads=flags["num_attention_heads"],
+                num_query_groups=flags["num_query_groups"],
+                kv_channels=flags.get("kv_channels"),
+                max_position_embeddings=flags["max_position_embeddings"],
+                rotary_base=flags["rotary_base"],
                 norm_epsilon=flags["norm_epsilon"],
                 tie_embeddings=not flags.get("untie_embeddings_and_output_weights", False),
                 # Older checkpoints kept no tokenizer vocabulary: --vocab-size (mock data) or the padded one;
@@ -95,8 +99,10 @@ class ModelDescription:
                 padded_vocab_size=flags["padded_vocab_size"],
                 tokenizer_type=flags.get("tokenizer_type") or ("CharacterTokenizer" if flags.get("toy_data") else None),
                 tokenizer_model=flags.get("tokenizer_model"),
-                baseline=flags.get("baseline", False), latent_bits=flags["latent_bits"],
-                free_bits=flags["free_bits"], injection_layer=flags["injection_layer"],
+                baseline=flags.get("baseline", False),
+                latent_bits=flags["latent_bits"],
+                free_bits=flags["free_bits"],
+                injection_layer=flags["injection_layer"],
             )
         except KeyError as e:
             raise DescriptionError(f"run arguments lack {e.args[0]}") from None
@@ -104,15 +110,24 @@ class ModelDescription:
     def shape_differences(self, other: "ModelDescription", fields=None) -> list[tuple[str, Any, Any]]:
         """(flag, mine, other's) for each field that shapes the weights and differs; kappa, the tokenizer
         and the vocabulary before padding may change between runs of the same weights."""
-        return [(SHAPE_FLAGS[name], getattr(self, name), getattr(other, name))
-                for name in (fields or SHAPE_FLAGS) if getattr(self, name) != getattr(other, name)]
+        return [
+            (SHAPE_FLAGS[name], getattr(self, name), getattr(other, name))
+            for name in (fields or SHAPE_FLAGS)
+            if getattr(self, name) != getattr(other, name)
+        ]
 
 
 # The fields that decide the weights' shapes, as the flags that set them.
 SHAPE_FLAGS = {
-    "num_layers": "--num-layers", "hidden_size": "--hidden-size", "ffn_hidden_size": "--ffn-hidden-size",
-    "num_attention_heads": "--num-attention-heads", "num_query_groups": "--num-query-groups",
-    "kv_channels": "--kv-channels", "padded_vocab_size": "a padded vocabulary of",
-    "tie_embeddings": "tied embeddings (no --untie-embeddings-and-output-weights)", "baseline": "--baseline",
-    "latent_bits": "--latent-bits", "injection_layer": "--injection-layer",
+    "num_layers": "--num-layers",
+    "hidden_size": "--hidden-size",
+    "ffn_hidden_size": "--ffn-hidden-size",
+    "num_attention_heads": "--num-attention-heads",
+    "num_query_groups": "--num-query-groups",
+    "kv_channels": "--kv-channels",
+    "padded_vocab_size": "a padded vocabulary of",
+    "tie_embeddings": "tied embeddings (no --untie-embeddings-and-output-weights)",
+    "baseline": "--baseline",
+    "latent_bits": "--latent-bits",
+    "injection_layer": "--injection-layer",
 }

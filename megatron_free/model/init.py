@@ -26,7 +26,7 @@ def global_parameter_name(model, local_name: str) -> str:
     match = _LAYER_INDEX.match(local_name)
     if match:
         layer = model.decoder.layers[int(match.group(1))]
-        local_name = f"decoder.layers.{layer.layer_number - 1}." + local_name[match.end():]
+        local_name = f"decoder.layers.{layer.layer_number - 1}." + local_name[match.end() :]
     if local_name == "output_layer.weight" and model.share_embeddings_and_output_weights:
         return "embedding.word_embeddings.weight"
     return local_name

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.tensor_parallel.mappings import (
     copy_to_tensor_model_parallel_region,
@@ -41,6 +41,7 @@ from megatron_free.model.losses import codes_log_prob, free_bits_kl, kl_per_toke
 from megatron_free.model.split_input_layer import SplitInputTransformerLayer
 
 LATENT_MODES = ("posterior", "prior", "given")
+
 
 @dataclass
 class LatentControl:
@@ -109,9 +110,7 @@ class FreeLatent(MegatronModule):
         self.readout_norm = torch.nn.RMSNorm(
             config.hidden_size, eps=config.layernorm_epsilon, device=device, dtype=dtype
         )
-        self.readout = torch.nn.Linear(
-            config.hidden_size, self.num_bits, bias=False, device=device, dtype=dtype
-        )
+        self.readout = torch.nn.Linear(config.hidden_size, self.num_bits, bias=False, device=device, dtype=dtype)
         # C x D, rows sharded over TP ranks like a vocabulary-parallel embedding.
         self.post_sampler = torch.nn.Parameter(
             torch.zeros(self.codes_per_rank, config.hidden_size, dtype=dtype, device=device)
@@ -186,9 +185,7 @@ class FreeLatent(MegatronModule):
         values = torch.stack([kl.kl_bits, kl.hinged_kl_bits, kl.frac_above_kappa]).double()
         if sequence_parallel:
             # Each TP rank saw its own sequence shard: average the shards' statistics.
-            torch.distributed.all_reduce(
-                values, group=parallel_state.get_tensor_model_parallel_group()
-            )
+            torch.distributed.all_reduce(values, group=parallel_state.get_tensor_model_parallel_group())
             values = values / parallel_state.get_tensor_model_parallel_world_size()
         self.kl_report[:3] += values.cpu()
         self.kl_report[3] += 1
@@ -204,9 +201,7 @@ class FreeLatent(MegatronModule):
             "readout.weight": self.readout.weight,
             "post_sampler": self.post_sampler,
         }
-        state.update(
-            make_sharded_tensors_for_checkpoint(own, prefix, {"post_sampler": 0}, ())
-        )
+        state.update(make_sharded_tensors_for_checkpoint(own, prefix, {"post_sampler": 0}, ()))
         return state
 
 

@@ -20,8 +20,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["POSTERIOR_STREAM", "PRIOR_STREAM", "latent_uniforms", "posterior_codes", "prior_codes",
-           "bits_to_codes", "hash32", "sample_seeds", "sequence_positions"]
+__all__ = [
+    "POSTERIOR_STREAM",
+    "PRIOR_STREAM",
+    "latent_uniforms",
+    "posterior_codes",
+    "prior_codes",
+    "bits_to_codes",
+    "hash32",
+    "sample_seeds",
+    "sequence_positions",
+]
 
 _MASK32 = 0xFFFFFFFF
 POSTERIOR_STREAM, PRIOR_STREAM = 0x51ED270B, 0x2C1B3C6D

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 
@@ -38,9 +37,7 @@ def decoder_layer_spec(transformer_impl: str) -> ModuleSpec:
 
         return get_gpt_layer_with_transformer_engine_spec()
     if transformer_impl != "local":
-        raise ValueError(
-            f"--transformer-impl must be one of {TRANSFORMER_IMPLS}, got {transformer_impl!r}"
-        )
+        raise ValueError(f"--transformer-impl must be one of {TRANSFORMER_IMPLS}, got {transformer_impl!r}")
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))

@@ -20,8 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["kl_per_token", "free_bits_kl", "FreeBitsKL", "bits_to_nats", "nats_to_bits", "codes_log_prob",
-           "importance_weighted_log_likelihood"]
+__all__ = [
+    "kl_per_token",
+    "free_bits_kl",
+    "FreeBitsKL",
+    "bits_to_nats",
+    "nats_to_bits",
+    "codes_log_prob",
+    "importance_weighted_log_likelihood",
+]
 
 LOG2 = math.log(2.0)
 
@@ -108,7 +115,8 @@ def importance_weighted_log_likelihood(log_likelihood: Tensor, log_q: Tensor, lo
     toward it with K; K = 1 is the ELBO.
     """
     if log_likelihood.shape != log_q.shape or log_likelihood.dim() != 2:
-        raise ValueError(f"log_likelihood {tuple(log_likelihood.shape)} and log_q {tuple(log_q.shape)} "
-                         "must both be [K, N]")
+        raise ValueError(
+            f"log_likelihood {tuple(log_likelihood.shape)} and log_q {tuple(log_q.shape)} must both be [K, N]"
+        )
     weights = log_likelihood.double() + log_prior - log_q.double()
     return torch.logsumexp(weights, dim=0) - math.log(weights.shape[0])

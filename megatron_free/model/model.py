@@ -160,16 +160,24 @@ class FreeTransformerModel(GPTModel):
             else:
                 first_id = parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
             return mask_vocabulary_padding(logits, first_id, vocab_size), bias
+
         return mask
 
     @classmethod
-    def from_description(cls, description, config: FreeTransformerConfig, transformer_impl: str = "local",
-                         **kwargs) -> "FreeTransformerModel":
+    def from_description(
+        cls, description, config: FreeTransformerConfig, transformer_impl: str = "local", **kwargs
+    ) -> "FreeTransformerModel":
         """This stage of the model a ModelDescription describes (config: from config.build_model_config)."""
-        model = cls(config, vocab_size=description.padded_vocab_size,
-                    max_sequence_length=description.max_position_embeddings, transformer_impl=transformer_impl,
-                    share_embeddings_and_output_weights=description.tie_embeddings,
-                    rotary_base=description.rotary_base, unpadded_vocab_size=description.vocab_size, **kwargs)
+        model = cls(
+            config,
+            vocab_size=description.padded_vocab_size,
+            max_sequence_length=description.max_position_embeddings,
+            transformer_impl=transformer_impl,
+            share_embeddings_and_output_weights=description.tie_embeddings,
+            rotary_base=description.rotary_base,
+            unpadded_vocab_size=description.vocab_size,
+            **kwargs,
+        )
         model.description = description
         return model
 

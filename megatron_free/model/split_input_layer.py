@@ -21,9 +21,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 class SplitInputSelfAttention(SelfAttention):
     """SelfAttention over ``[query_source; kv_source]`` stacked along the batch dimension."""
 
-    def get_query_key_value_tensors(
-        self, hidden_states, key_value_states=None, output_gate=False, split_qkv=True
-    ):
+    def get_query_key_value_tensors(self, hidden_states, key_value_states=None, output_gate=False, split_qkv=True):
         if output_gate or not split_qkv:
             raise NotImplementedError(
                 "the Free Transformer's split-input attention supports neither gated attention "

@@ -42,9 +42,26 @@ def _is_cuda_device(device) -> bool:
 
 
 _FACTORIES = (
-    "empty", "zeros", "ones", "full", "tensor", "as_tensor", "arange", "linspace", "eye",
-    "rand", "randn", "randint", "randperm", "empty_strided", "empty_like", "zeros_like",
-    "ones_like", "full_like", "rand_like", "randn_like",
+    "empty",
+    "zeros",
+    "ones",
+    "full",
+    "tensor",
+    "as_tensor",
+    "arange",
+    "linspace",
+    "eye",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "empty_strided",
+    "empty_like",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
 )
 _TENSOR_FACTORIES = ("new_empty", "new_zeros", "new_ones", "new_full", "new_tensor")
 
@@ -172,12 +189,8 @@ def enable_cpu_runtime() -> bool:
     # torch.cuda.default_generators; point them at the CPU generator.
     from megatron.core.tensor_parallel import random as mcore_random
 
-    mcore_random._get_cuda_rng_state = (
-        lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state()
-    )
-    mcore_random._set_cuda_rng_state = (
-        lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state)
-    )
+    mcore_random._get_cuda_rng_state = lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state()
+    mcore_random._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state)
     logging.getLogger(mcore_random.__name__).addFilter(_SilenceCpuRngWarning())
 
     # Patched rather than intercepted with a TorchFunctionMode: a mode is switched off inside

@@ -49,17 +49,11 @@ class ParallelConfig:
             if value < 1:
                 raise ParallelSizeError(f"{flag} must be >= 1, got {value}")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
-            raise ParallelSizeError(
-                "--sequence-parallel needs --tensor-model-parallel-size > 1"
-            )
+            raise ParallelSizeError("--sequence-parallel needs --tensor-model-parallel-size > 1")
 
     @property
     def model_parallel_size(self) -> int:
-        return (
-            self.tensor_model_parallel_size
-            * self.pipeline_model_parallel_size
-            * self.context_parallel_size
-        )
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size
 
     def data_parallel_size(self, world_size: int) -> int:
         """DP size for a world size, or a one-line error naming the flags that do not divide it."""
@@ -146,8 +140,10 @@ def _init_process_group(timeout_minutes: int) -> str:
         return dist.get_backend()
     use_cuda = torch.cuda.is_available()
     if not use_cuda and not cpu_runtime_enabled():
-        raise RuntimeError("no CUDA and no CPU runtime: call megatron_free.parallel.distributed.select_device() "
-                           "first (every entry point does)")
+        raise RuntimeError(
+            "no CUDA and no CPU runtime: call megatron_free.parallel.distributed.select_device() "
+            "first (every entry point does)"
+        )
     tie_process_lifetimes()
     backend = "nccl" if use_cuda else "gloo"
     if "RANK" not in os.environ:
@@ -167,15 +163,13 @@ def find_free_port() -> int:
         return sock.getsockname()[1]
 
 
-def initialize_distributed(
-    parallel: ParallelConfig, seed: int = 1234, timeout_minutes: int = 30
-) -> int:
+def initialize_distributed(parallel: ParallelConfig, seed: int = 1234, timeout_minutes: int = 30) -> int:
     """Initializes torch.distributed, megatron-core's parallel groups and the RNG seeds.
 
     Returns the data-parallel size. Raises ParallelSizeError if the layout does not divide the
     world size.
     """
-    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core import parallel_state
 
     _init_process_group(timeout_minutes)
     dp_size = parallel.data_parallel_size(dist.get_world_size())

@@ -1,15 +1,15 @@
 """Every parallelism and precision wrapper, applied in one place and one order: ``parallelize()``.
 
-    model (one pipeline stage, fp32 or params_dtype, on its device)
-      1. Float16Module        bf16/fp16 compute; must wrap before DDP so DDP's grad buffers see
-                              the low-precision params it will reduce
-      2. DDP                  megatron's DistributedDataParallel: contiguous grad buffers,
-                              bucketed (optionally overlapped) reduce over data parallel ranks
-      3. optimizer            megatron's (distributed) optimizer over DDP's buffers: fp32 main
-                              params, sharded over DP with --use-distributed-optimizer
-      4. schedule hooks       what megatron's pipeline schedules call: no_sync during
-                              microbatches, grad reduce/param gather overlap, finalize (DP/PP/SP
-                              reductions), loss scaling
+model (one pipeline stage, fp32 or params_dtype, on its device)
+  1. Float16Module        bf16/fp16 compute; must wrap before DDP so DDP's grad buffers see
+                          the low-precision params it will reduce
+  2. DDP                  megatron's DistributedDataParallel: contiguous grad buffers,
+                          bucketed (optionally overlapped) reduce over data parallel ranks
+  3. optimizer            megatron's (distributed) optimizer over DDP's buffers: fp32 main
+                          params, sharded over DP with --use-distributed-optimizer
+  4. schedule hooks       what megatron's pipeline schedules call: no_sync during
+                          microbatches, grad reduce/param gather overlap, finalize (DP/PP/SP
+                          reductions), loss scaling
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ class ScheduleSettings:
     lr_decay_style: str = "cosine"
 
 
-def parallelize(model, config, data_parallel: DataParallelSettings, optimizer: OptimizerSettings,
-                schedule: ScheduleSettings):
+def parallelize(
+    model, config, data_parallel: DataParallelSettings, optimizer: OptimizerSettings, schedule: ScheduleSettings
+):
     """Steps 1 to 4 above, in that order, on one pipeline stage's model. Returns (model chunks,
     optimizer, scheduler)."""
     model_chunks = [_wrap_model(model, config, data_parallel)]
@@ -84,14 +85,23 @@ def _wrap_model(model, config, data_parallel: DataParallelSettings):
     return DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
 
 
-def _build_optimizer(model_chunks, data_parallel: DataParallelSettings, settings: OptimizerSettings,
-                     schedule: ScheduleSettings):
+def _build_optimizer(
+    model_chunks, data_parallel: DataParallelSettings, settings: OptimizerSettings, schedule: ScheduleSettings
+):
     """Step 3: megatron's AdamW and its LR/WD scheduler."""
     config = model_chunks[0].config
     optimizer_config = OptimizerConfig(
-        optimizer="adam", lr=settings.lr, min_lr=settings.min_lr, weight_decay=settings.weight_decay,
-        adam_beta1=settings.adam_beta1, adam_beta2=settings.adam_beta2, adam_eps=settings.adam_eps,
-        clip_grad=settings.clip_grad, bf16=config.bf16, fp16=config.fp16, params_dtype=config.params_dtype,
+        optimizer="adam",
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        adam_eps=settings.adam_eps,
+        clip_grad=settings.clip_grad,
+        bf16=config.bf16,
+        fp16=config.fp16,
+        params_dtype=config.params_dtype,
         use_distributed_optimizer=data_parallel.use_distributed_optimizer,
         overlap_param_gather_with_optimizer_step=False,
     )

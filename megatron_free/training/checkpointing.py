@@ -59,6 +59,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_free.model.description import SHAPE_FLAGS, DescriptionError, ModelDescription
+
 # Checkpoint keys carry no wrapper prefixes: a checkpoint loads whatever wrappers (precision, DP) the next run uses.
 from megatron_free.model.model import unwrap
 from megatron_free.parallel.distributed import exit_with_parent
@@ -192,7 +193,8 @@ def _load_optimizer(optimizer, state) -> None:
 
     chained = getattr(optimizer, "chained_optimizers", [optimizer])
     if distrib_optimizer.HAVE_APEX_OR_TE or not any(
-            isinstance(inner, distrib_optimizer.DistributedOptimizer) for inner in chained):
+        isinstance(inner, distrib_optimizer.DistributedOptimizer) for inner in chained
+    ):
         optimizer.load_state_dict(state)
         return
     states = [state] if len(chained) == 1 else [value for _, value in sorted(state.items())]
@@ -244,8 +246,12 @@ def save_checkpoint(config: SaveConfig, iteration, model_chunks, optimizer, sche
     _raise_on_every_rank(error)
     _writer_results_queue_dies_with_this_process()
     state = _sharded_state(
-        model_chunks, optimizer, scheduler,
-        with_optimizer=config.with_optimizer, with_rng=config.with_rng, is_loading=False,
+        model_chunks,
+        optimizer,
+        scheduler,
+        with_optimizer=config.with_optimizer,
+        with_rng=config.with_rng,
+        is_loading=False,
     )
     state.update(
         iteration=iteration,
@@ -344,8 +350,12 @@ def _lock_for_this_run(root: Path) -> _Claim:
             f"stop it, or give another --save"
         ) from None
     except OSError as e:  # a filesystem without flock (e.g. Lustre mounted without -o flock)
-        print(f"warning: --save {root}: cannot lock {LOCK} ({e.strerror}); a second run writing "
-              f"into this directory would not be noticed", file=sys.stderr, flush=True)
+        print(
+            f"warning: --save {root}: cannot lock {LOCK} ({e.strerror}); a second run writing "
+            f"into this directory would not be noticed",
+            file=sys.stderr,
+            flush=True,
+        )
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n".encode(), 0)
@@ -373,8 +383,10 @@ def _checkpoints_not_resumed(root: Path, load, finetune: bool) -> str | None:
             return None
         why = f"this run loads {loaded or load}, not {latest}"
     upto = f"iteration {tracked}" if tracked is not None else f"{latest.name} (no {TRACKER})"
-    return (f"--save {root} already holds checkpoints up to {upto} and {why}: give --load {root} "
-            f"to resume from them, or another --save (or delete {root}) to start over")
+    return (
+        f"--save {root} already holds checkpoints up to {upto} and {why}: give --load {root} "
+        f"to resume from them, or another --save (or delete {root}) to start over"
+    )
 
 
 def _writer_results_queue_dies_with_this_process() -> None:
@@ -394,7 +406,7 @@ def _remove_older_checkpoints(root: Path, latest: int, keep: int) -> None:
     tracker now names). Each goes through a rename to ``.old`` first, so a kill during the
     deletion leaves a leftover (removed by the next save), never a half-deleted iter_* directory
     that looks complete."""
-    older = [path for path in _saved_checkpoints(root) if int(path.name[len("iter_"):]) <= latest]
+    older = [path for path in _saved_checkpoints(root) if int(path.name[len("iter_") :]) <= latest]
     for path in older[:-keep]:
         doomed = path.with_name(path.name + ".old")
         os.replace(path, doomed)
@@ -448,12 +460,16 @@ def resumed_padded_vocab_size(load, vocab_size: int, tensor_model_parallel_size:
         return None
     padded = saved_description(path, _common_state(path)).padded_vocab_size
     if padded < vocab_size:
-        raise CheckpointError(f"--load {path}: the checkpoint's vocabulary has {padded} rows, fewer than "
-                              f"this run's tokenizer's {vocab_size} ids")
+        raise CheckpointError(
+            f"--load {path}: the checkpoint's vocabulary has {padded} rows, fewer than "
+            f"this run's tokenizer's {vocab_size} ids"
+        )
     if padded % tensor_model_parallel_size:
-        raise CheckpointError(f"--load {path}: the checkpoint's vocabulary of {padded} rows (padding "
-                              f"included) does not split over --tensor-model-parallel-size "
-                              f"{tensor_model_parallel_size}")
+        raise CheckpointError(
+            f"--load {path}: the checkpoint's vocabulary of {padded} rows (padding "
+            f"included) does not split over --tensor-model-parallel-size "
+            f"{tensor_model_parallel_size}"
+        )
     return padded
 
 
@@ -534,8 +550,12 @@ def load_checkpoint(config: LoadConfig, model_chunks, optimizer, scheduler) -> t
     path = find_checkpoint(load)
     if path is None:
         if is_logging_rank():
-            print(f"warning: --load {load}: no checkpoint in it yet (no {TRACKER}, no iter_* "
-                  f"directory); starting from scratch", file=sys.stderr, flush=True)
+            print(
+                f"warning: --load {load}: no checkpoint in it yet (no {TRACKER}, no iter_* "
+                f"directory); starting from scratch",
+                file=sys.stderr,
+                flush=True,
+            )
         return 0, 0
     common = _common_state(path)
     _check_loadable(path, common, unwrap(model_chunks[0]).description, config)
@@ -544,8 +564,11 @@ def load_checkpoint(config: LoadConfig, model_chunks, optimizer, scheduler) -> t
     saved_layout = tuple(common["layout"]) if "layout" in common else _saved_layout(common.get("args", {}))
     with_rng = config.with_rng and not weights_only and saved_layout == config.layout
     state = _sharded_state(
-        model_chunks, optimizer, scheduler,
-        with_optimizer=with_optimizer, with_rng=with_rng and common.get("rng_saved", False),
+        model_chunks,
+        optimizer,
+        scheduler,
+        with_optimizer=with_optimizer,
+        with_rng=with_rng and common.get("rng_saved", False),
         is_loading=True,
     )
     try:
@@ -554,8 +577,9 @@ def load_checkpoint(config: LoadConfig, model_chunks, optimizer, scheduler) -> t
         if with_optimizer:
             _load_optimizer(optimizer, loaded["optimizer"])
     except CheckpointException as e:  # a BaseException: torch could not read shard data
-        raise CheckpointError(f"--load {path}: unreadable shard data, a truncated or damaged "
-                              f"checkpoint ({_one_line(e)})") from None
+        raise CheckpointError(
+            f"--load {path}: unreadable shard data, a truncated or damaged checkpoint ({_one_line(e)})"
+        ) from None
     except Exception as e:  # noqa: BLE001 - dist_checkpointing raises many types
         raise CheckpointError(f"--load {path}: {_one_line(e)}") from None
     if with_optimizer:
@@ -580,8 +604,11 @@ def _load_scheduler(path: Path, scheduler, saved: dict, config: LoadConfig) -> N
         scheduler.load_state_dict(saved)
     except AssertionError as e:
         mismatch = re.search(r"class input value (.*) and checkpoint ?value (.*) for (.*) do not match", str(e))
-        what = (f"{mismatch[3]} {mismatch[1]}, the checkpoint's {mismatch[2]} (steps count samples)"
-                if mismatch else " ".join(str(e).split()))
+        what = (
+            f"{mismatch[3]} {mismatch[1]}, the checkpoint's {mismatch[2]} (steps count samples)"
+            if mismatch
+            else " ".join(str(e).split())
+        )
         raise CheckpointError(
             f"--load {path}: this run's LR schedule differs from the checkpoint's: {what}; give "
             f"--override-opt_param-scheduler to use this run's, --use-checkpoint-opt_param-scheduler "
@@ -591,8 +618,9 @@ def _load_scheduler(path: Path, scheduler, saved: dict, config: LoadConfig) -> N
 
 def _saved_layout(flags: dict) -> tuple:
     """(TP, PP, DP) from the run flags an older checkpoint holds instead of its layout."""
-    return tuple(flags.get(k) for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
-                                       "data_parallel_size"))
+    return tuple(
+        flags.get(k) for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "data_parallel_size")
+    )
 
 
 def _restore_rng(rng: dict) -> None:
@@ -610,8 +638,9 @@ def load_baseline_decoder(load, model) -> None:
     path = resolve_load_dir(load, "--init-from-baseline")
     saved = saved_description(path, _common_state(path, "--init-from-baseline"), "--init-from-baseline")
     if not saved.baseline:
-        raise CheckpointError(f"--init-from-baseline {path}: not a baseline checkpoint (it was "
-                              f"trained without --baseline)")
+        raise CheckpointError(
+            f"--init-from-baseline {path}: not a baseline checkpoint (it was trained without --baseline)"
+        )
     decoder_fields = [f for f in SHAPE_FLAGS if f not in ("baseline", "latent_bits", "injection_layer")]
     for flag, mine, theirs in model.description.shape_differences(saved, decoder_fields):
         raise CheckpointError(f"--init-from-baseline {path}: checkpoint has {flag} {theirs}, this run {mine}")

@@ -47,9 +47,11 @@ def latent_parameter_parts(s: ModelShape) -> dict:
         return {"encoder": 0, "readout": 0, "post_sampler": 0}
     block = block_parameters(s)
     d = s.hidden_size
-    return {"encoder": block["sharded"] + block["replicated"] + d,
-            "readout": d + d * s.latent_bits,
-            "post_sampler": 2**s.latent_bits * d}
+    return {
+        "encoder": block["sharded"] + block["replicated"] + d,
+        "readout": d + d * s.latent_bits,
+        "post_sampler": 2**s.latent_bits * d,
+    }
 
 
 def latent_parameters(s: ModelShape) -> dict:
@@ -58,9 +60,11 @@ def latent_parameters(s: ModelShape) -> dict:
     'post_sampler' (the C x D matrix, rows sharded over TP ranks)."""
     parts = latent_parameter_parts(s)
     sharded = 0 if s.baseline else block_parameters(s)["sharded"]
-    return {"sharded": sharded,
-            "replicated": parts["encoder"] + parts["readout"] - sharded,
-            "post_sampler": parts["post_sampler"]}
+    return {
+        "sharded": sharded,
+        "replicated": parts["encoder"] + parts["readout"] - sharded,
+        "post_sampler": parts["post_sampler"],
+    }
 
 
 def parameter_counts(s: ModelShape) -> dict:
@@ -71,10 +75,14 @@ def parameter_counts(s: ModelShape) -> dict:
     embedding = s.vocab_size * d
     output = 0 if s.tied_embeddings else s.vocab_size * d
     decoder = s.num_layers * (block["sharded"] + block["replicated"]) + d  # + the final norm
-    counts = {"embedding": embedding, "output_layer": output, "decoder": decoder,
-              # encoder block + zeta + readout norm and D->H readout; the C x D post-sampler apart.
-              "encoder": latent["sharded"] + latent["replicated"],
-              "post_sampler": latent["post_sampler"]}
+    counts = {
+        "embedding": embedding,
+        "output_layer": output,
+        "decoder": decoder,
+        # encoder block + zeta + readout norm and D->H readout; the C x D post-sampler apart.
+        "encoder": latent["sharded"] + latent["replicated"],
+        "post_sampler": latent["post_sampler"],
+    }
     counts["total"] = sum(counts.values())
     return counts
 
@@ -96,16 +104,20 @@ def training_flops_per_token(s: ModelShape) -> dict:
         latent_forward = _layer_forward_flops_per_token(s) + 2 * s.hidden_size * s.latent_bits
         mapper_backward = 2 * 2**s.latent_bits * s.hidden_size
     total = 3 * (forward + latent_forward) + mapper_backward
-    return {"decoder": 3 * forward, "encoder": 3 * latent_forward,
-            "mapper_backward": mapper_backward, "total": total}
+    return {"decoder": 3 * forward, "encoder": 3 * latent_forward, "mapper_backward": mapper_backward, "total": total}
 
 
 def model_shape(description: ModelDescription, seq_length: int) -> ModelShape:
     """The shape of the model a description gives (its padded vocabulary: the rows that are computed)."""
     return ModelShape(
-        num_layers=description.num_layers, hidden_size=description.hidden_size,
-        ffn_hidden_size=description.ffn_hidden_size, num_attention_heads=description.num_attention_heads,
-        num_query_groups=description.num_query_groups, vocab_size=description.padded_vocab_size,
-        seq_length=seq_length, tied_embeddings=description.tie_embeddings,
-        baseline=description.baseline, latent_bits=description.latent_bits,
+        num_layers=description.num_layers,
+        hidden_size=description.hidden_size,
+        ffn_hidden_size=description.ffn_hidden_size,
+        num_attention_heads=description.num_attention_heads,
+        num_query_groups=description.num_query_groups,
+        vocab_size=description.padded_vocab_size,
+        seq_length=seq_length,
+        tied_embeddings=description.tie_embeddings,
+        baseline=description.baseline,
+        latent_bits=description.latent_bits,
     )

@@ -22,9 +22,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_free.model.losses import LOG2, importance_weighted_log_likelihood
 from megatron_free.training.checkpointing import SaveConfig, checkpoint_dir, save_checkpoint
 from megatron_free.training.metrics import LOGGED_LOSSES, print_rank_last
-from megatron_free.model.losses import LOG2, importance_weighted_log_likelihood
 from megatron_free.training.step import SEQUENCE_NLL, latent_report, make_forward_step, sequence_log_q
 
 
@@ -130,8 +130,7 @@ def _sum_reports(reports) -> dict:
 
 def _broadcast_from_last_stage(values: dict, names) -> dict:
     """Loss values live on the last pipeline stage; every rank gets them (same order of names)."""
-    tensor = torch.tensor([values.get(n, float("nan")) for n in names], dtype=torch.float64,
-                          device=_device())
+    tensor = torch.tensor([values.get(n, float("nan")) for n in names], dtype=torch.float64, device=_device())
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         group = parallel_state.get_pipeline_model_parallel_group()
         last = dist.get_global_rank(group, dist.get_world_size(group) - 1)
@@ -161,8 +160,7 @@ def train_step(forward_step, data_iterator, model_chunks, optimizer, batch: Batc
     # update instead of writing NaN into the weights. clip_grad_norm leaves the grads alone on NaN.
     found_inf = optimizer.prepare_grads()
     grad_norm = optimizer.clip_grad_norm(clip_grad) if clip_grad > 0 else optimizer.get_grad_norm()
-    finite = (not found_inf and grad_norm is not None and math.isfinite(grad_norm)
-              and _finite_on_every_stage(losses))
+    finite = not found_inf and grad_norm is not None and math.isfinite(grad_norm) and _finite_on_every_stage(losses)
     updated = finite and optimizer.step_with_ready_grads()
     return losses, grad_norm, updated
 
@@ -194,8 +192,12 @@ def evaluate(model_chunks, valid_iterator, validation: ValidationConfig, batch: 
 
     def forward_only(forward_step):
         return get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter(batches), model=model_chunks,
-            num_microbatches=len(batches), seq_length=batch.seq_length, micro_batch_size=batch.micro_batch_size,
+            forward_step_func=forward_step,
+            data_iterator=iter(batches),
+            model=model_chunks,
+            num_microbatches=len(batches),
+            seq_length=batch.seq_length,
+            micro_batch_size=batch.micro_batch_size,
             forward_only=True,
         )
 
@@ -238,9 +240,17 @@ def _importance_weighted_loss(nll, log_q, log_prior: float) -> float:
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
-def train(config: LoopConfig, model_chunks, optimizer, scheduler, train_iterator, valid_iterator, logger,
-          state: TrainState, on_iteration: Optional[Callable[[TrainState, dict], None]] = None,
-          ) -> TrainState:
+def train(
+    config: LoopConfig,
+    model_chunks,
+    optimizer,
+    scheduler,
+    train_iterator,
+    valid_iterator,
+    logger,
+    state: TrainState,
+    on_iteration: Optional[Callable[[TrainState, dict], None]] = None,
+) -> TrainState:
     """Trains from ``state`` (a fresh or a loaded run) to --train-iters or an exit; returns the
     state. ``on_iteration(state, metrics)``, if given, sees every iteration's metrics: its losses
     ("lm loss", "kl", ...; NaN included), "grad norm", "skipped", and "validation/<name>" at
@@ -259,8 +269,11 @@ def train(config: LoopConfig, model_chunks, optimizer, scheduler, train_iterator
                 on_iteration(state, metrics)
 
             exit_reason = _exit_reason(config.exits, state.iteration, sigterm)
-            if save and (exit_reason or state.iteration == config.train_iters
-                         or (save.interval and state.iteration % save.interval == 0)):
+            if save and (
+                exit_reason
+                or state.iteration == config.train_iters
+                or (save.interval and state.iteration % save.interval == 0)
+            ):
                 save_checkpoint(save, state.iteration, model_chunks, optimizer, scheduler, state.consumed_samples)
                 state.saved_checkpoint = str(checkpoint_dir(save.root, state.iteration))
                 print_rank_last(f"saved checkpoint at iteration {state.iteration} to {save.root}")
@@ -304,10 +317,16 @@ def _train_iteration(config: LoopConfig, model_chunks, optimizer, scheduler, tra
                 f"the last good one"
             )
     logger.iteration(
-        state.iteration, state.consumed_samples, batch.global_batch_size * batch.seq_length,
+        state.iteration,
+        state.consumed_samples,
+        batch.global_batch_size * batch.seq_length,
         {k: v for k, v in losses.items() if k in LOGGED_LOSSES and math.isfinite(v)},
-        optimizer.param_groups[0]["lr"], grad_norm if updated else None, None,
-        batch.global_batch_size, not updated, time.perf_counter() - iteration_start,
+        optimizer.param_groups[0]["lr"],
+        grad_norm if updated else None,
+        None,
+        batch.global_batch_size,
+        not updated,
+        time.perf_counter() - iteration_start,
     )
     return dict(losses, **{"grad norm": grad_norm, "skipped": not updated})
 

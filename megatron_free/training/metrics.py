@@ -49,8 +49,7 @@ class TrainingLogger:
     """Accumulates per-iteration values between log lines; writes TensorBoard each iteration.
     ``train_iters`` (the run's last iteration) gives the ETA of each line."""
 
-    def __init__(self, tensorboard_dir, log_interval, flops_per_iteration, world_size, peak_tflops,
-                 train_iters=None):
+    def __init__(self, tensorboard_dir, log_interval, flops_per_iteration, world_size, peak_tflops, train_iters=None):
         self.log_interval = log_interval
         self.flops_per_iteration = flops_per_iteration
         self.world_size = world_size
@@ -77,16 +76,30 @@ class TrainingLogger:
         if self.writer is not None:
             self.writer.add_text(tag, text, step)
 
-    def iteration(self, iteration, consumed_samples, tokens_per_iteration, losses, lr, grad_norm,
-                  params_norm, batch_size, skipped, elapsed):
+    def iteration(
+        self,
+        iteration,
+        consumed_samples,
+        tokens_per_iteration,
+        losses,
+        lr,
+        grad_norm,
+        params_norm,
+        batch_size,
+        skipped,
+        elapsed,
+    ):
         """Records one iteration; prints a Megatron-style line every --log-interval."""
         tflops = self.flops_per_iteration / elapsed / self.world_size / 1e12
         values = dict(losses)
-        values.update({
-            "learning-rate": lr, "batch-size": batch_size,
-            "tokens-per-second": tokens_per_iteration / elapsed,
-            "throughput (TFLOP/s/GPU)": tflops,
-        })
+        values.update(
+            {
+                "learning-rate": lr,
+                "batch-size": batch_size,
+                "tokens-per-second": tokens_per_iteration / elapsed,
+                "throughput (TFLOP/s/GPU)": tflops,
+            }
+        )
         if grad_norm is not None:
             values["grad-norm"] = grad_norm
         if params_norm is not None:
@@ -110,7 +123,8 @@ class TrainingLogger:
                 f"log lines every {self.log_interval} iteration(s) (--log-interval): learning rate "
                 f"and grad norm are the current iteration's; the values after 'mean of iterations "
                 f"a-b:' are means over those iterations (skipped iterations: their count); "
-                f"TensorBoard gets every iteration's values")
+                f"TensorBoard gets every iteration's values"
+            )
         seconds_per_iteration = (time.perf_counter() - self.window_start) / self.count
         mean = {k: v / self.count for k, v in self.sums.items()}
         of_total = f"/{self.train_iters:8d}" if self.train_iters else ""

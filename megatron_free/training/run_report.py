@@ -18,19 +18,33 @@ def format_arguments(args) -> str:
     """Every argument, as Megatron-LM's _print_args prints them: one per line, the name padded with
     dots to 48 characters, sorted case-insensitively."""
     lines = [f"  {name} {'.' * (48 - len(name))} {value}" for name, value in vars(args).items()]
-    return "\n".join(["------------------------ arguments ------------------------",
-                      *sorted(lines, key=str.lower),
-                      "-------------------- end of arguments ---------------------"])
+    return "\n".join(
+        [
+            "------------------------ arguments ------------------------",
+            *sorted(lines, key=str.lower),
+            "-------------------- end of arguments ---------------------",
+        ]
+    )
 
 
 def format_layout(args) -> str:
     """The parallel layout and the batch: sizes, world size, microbatches, pipeline stages."""
     from megatron_free.planner import pipeline_stages
 
-    tp, pp, cp, dp = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                      args.context_parallel_size, args.data_parallel_size)
-    options = [name for name, on in (("sequence parallel", args.sequence_parallel),
-                                     ("distributed optimizer", args.use_distributed_optimizer)) if on]
+    tp, pp, cp, dp = (
+        args.tensor_model_parallel_size,
+        args.pipeline_model_parallel_size,
+        args.context_parallel_size,
+        args.data_parallel_size,
+    )
+    options = [
+        name
+        for name, on in (
+            ("sequence parallel", args.sequence_parallel),
+            ("distributed optimizer", args.use_distributed_optimizer),
+        )
+        if on
+    ]
     lines = [
         f"parallel layout: world size {tp * pp * cp * dp} = TP {tp} x PP {pp} x CP {cp} x DP {dp}"
         + (f"; {', '.join(options)}" if options else ""),
@@ -65,8 +79,7 @@ def parameter_report(args, model_chunks) -> str:
     shape = model_shape(unwrap(model_chunks[0]).description, args.seq_length)
     counts = parameter_counts(shape)
     total = counts["total"]
-    tied = ("tied embeddings counted once" if shape.tied_embeddings
-            else "untied input and output embeddings")
+    tied = "tied embeddings counted once" if shape.tied_embeddings else "untied input and output embeddings"
     lines = [f"parameters: {total:,} in all ({tied})"]
     if not args.baseline:
         parts = latent_parameter_parts(shape)
@@ -75,15 +88,18 @@ def parameter_report(args, model_chunks) -> str:
             f"  latent: {latent:,} ({100 * latent / total:.2f}% of all) = encoder (block + zeta) "
             f"{parts['encoder']:,} ({100 * parts['encoder'] / total:.2f}%) + readout "
             f"{parts['readout']:,} ({100 * parts['readout'] / total:.2f}%) + post-sampler "
-            f"{parts['post_sampler']:,} ({100 * parts['post_sampler'] / total:.2f}%)")
+            f"{parts['post_sampler']:,} ({100 * parts['post_sampler'] / total:.2f}%)"
+        )
     stages = _stage_parameter_counts(model_chunks)
     tp = args.tensor_model_parallel_size
     for stage, (in_stage, per_gpu) in enumerate(stages):
         note = f" ({per_gpu:,} on each of its {tp} tensor-parallel GPUs)" if tp > 1 else ""
         lines.append(f"  pipeline stage {stage + 1}: {in_stage:,}{note}")
     if len(stages) > 1 and shape.tied_embeddings:
-        lines.append("  (the last stage holds a copy of the tied embeddings for the output layer, "
-                     "so the stages add up to more than the total)")
+        lines.append(
+            "  (the last stage holds a copy of the tied embeddings for the output layer, "
+            "so the stages add up to more than the total)"
+        )
     return "\n".join(lines)
 
 
@@ -98,11 +114,11 @@ def _stage_parameter_counts(model_chunks) -> list[tuple[int, int]]:
 
     params = [p for chunk in model_chunks for p in chunk.parameters()]
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"  # NCCL or gloo
-    distinct = torch.tensor([sum(p.numel() for p in params if param_is_not_tensor_parallel_duplicate(p))],
-                            dtype=torch.int64, device=device)
+    distinct = torch.tensor(
+        [sum(p.numel() for p in params if param_is_not_tensor_parallel_duplicate(p))], dtype=torch.int64, device=device
+    )
     dist.all_reduce(distinct, group=parallel_state.get_tensor_model_parallel_group())
-    mine = torch.tensor([distinct.item(), sum(p.numel() for p in params)], dtype=torch.int64,
-                        device=device)
+    mine = torch.tensor([distinct.item(), sum(p.numel() for p in params)], dtype=torch.int64, device=device)
     group = parallel_state.get_pipeline_model_parallel_group()
     stages = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(stages, mine, group=group)
@@ -112,15 +128,18 @@ def _stage_parameter_counts(model_chunks) -> list[tuple[int, int]]:
 def dataset_report(args, train_ds, valid_ds) -> str:
     """The data: where it comes from and the sizes of the train and validation datasets."""
     validating = valid_ds is not None and bool(args.eval_interval)
-    sizes = (f"train {len(train_ds):,} samples, "
-             + (f"valid {len(valid_ds):,} samples" if validating else "no validation")
-             + f", {args.seq_length} tokens each")
+    sizes = (
+        f"train {len(train_ds):,} samples, "
+        + (f"valid {len(valid_ds):,} samples" if validating else "no validation")
+        + f", {args.seq_length} tokens each"
+    )
     if args.toy_data:
-        return (f"datasets: toy data (--toy-data): the paper's toy task, generated on the fly "
-                f"(no files); {sizes}")
+        return f"datasets: toy data (--toy-data): the paper's toy task, generated on the fly (no files); {sizes}"
     if args.mock_data:
-        return (f"datasets: mock data (--mock-data): megatron-core's MockGPTDataset, synthetic "
-                f"documents (no files); {sizes}")
+        return (
+            f"datasets: mock data (--mock-data): megatron-core's MockGPTDataset, synthetic "
+            f"documents (no files); {sizes}"
+        )
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from megatron.core.datasets.utils import get_blend_from_list
 
@@ -135,9 +154,17 @@ def dataset_report(args, train_ds, valid_ds) -> str:
     return "\n".join(lines)
 
 
-def format_summary(*, start_iteration: int, iteration: int, train_iters: int, seconds: float,
-                   tokens_per_iteration: int, skipped: int,
-                   validation: Optional[tuple[int, dict]], saved: Optional[str]) -> str:
+def format_summary(
+    *,
+    start_iteration: int,
+    iteration: int,
+    train_iters: int,
+    seconds: float,
+    tokens_per_iteration: int,
+    skipped: int,
+    validation: Optional[tuple[int, dict]],
+    saved: Optional[str],
+) -> str:
     """The end of a run: iterations done, wall time, tokens/s, skipped iterations, the last
     validation losses and the checkpoint written last."""
     done = iteration - start_iteration

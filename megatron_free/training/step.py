@@ -36,13 +36,22 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor, per_sequence
     report = {"lm loss": torch.stack([loss.detach().clone(), num_tokens.float()])}
     if per_sequence:
         batch = loss_mask.shape[0]
-        report[SEQUENCE_NLL] = torch.stack([(losses.reshape(batch, -1) * loss_mask.reshape(batch, -1)).sum(-1),
-                                            loss_mask.reshape(batch, -1).sum(-1)]).detach().double()
+        report[SEQUENCE_NLL] = (
+            torch.stack(
+                [
+                    (losses.reshape(batch, -1) * loss_mask.reshape(batch, -1)).sum(-1),
+                    loss_mask.reshape(batch, -1).sum(-1),
+                ]
+            )
+            .detach()
+            .double()
+        )
     return loss, num_tokens, report
 
 
-def make_forward_step(latent_mode: str = "posterior", kl_loss_scale: float = 1.0, latent_draw: int = 0,
-                      per_sequence: bool = False):
+def make_forward_step(
+    latent_mode: str = "posterior", kl_loss_scale: float = 1.0, latent_draw: int = 0, per_sequence: bool = False
+):
     """forward_step for megatron's get_forward_backward_func.
 
     kl_loss_scale: the KL gradient's scale, matching how the schedule scales the cross-entropy
@@ -68,8 +77,9 @@ def make_forward_step(latent_mode: str = "posterior", kl_loss_scale: float = 1.0
             labels=batch["labels"] if parallel_state.is_pipeline_last_stage() else None,
             loss_mask=batch["loss_mask"],
             latent_seeds=seeds,
-            latent=LatentControl(mode=latent_mode, kl_loss_scale=kl_loss_scale,
-                                 record_log_q=per_sequence and latent_mode == "posterior"),
+            latent=LatentControl(
+                mode=latent_mode, kl_loss_scale=kl_loss_scale, record_log_q=per_sequence and latent_mode == "posterior"
+            ),
         )
         return output, partial(loss_func, batch["loss_mask"], per_sequence=per_sequence)
 

@@ -12,9 +12,22 @@ from tests.tiny import tiny_args
 def _run_baseline(tensorboard_dir):
     from megatron_free.pretrain import run
 
-    run(tiny_args(torch.distributed.get_world_size(), "--baseline", "--tensor-model-parallel-size", "2",
-                  "--train-iters", "6", "--eval-interval", "3", "--eval-iters", "1",
-                  "--tensorboard-dir", tensorboard_dir))
+    run(
+        tiny_args(
+            torch.distributed.get_world_size(),
+            "--baseline",
+            "--tensor-model-parallel-size",
+            "2",
+            "--train-iters",
+            "6",
+            "--eval-interval",
+            "3",
+            "--eval-iters",
+            "1",
+            "--tensorboard-dir",
+            tensorboard_dir,
+        )
+    )
 
 
 @pytest.mark.slow

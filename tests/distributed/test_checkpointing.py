@@ -129,15 +129,30 @@ def _tracker(path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world,layout", [
-    (1, []),
-    (2, ["--use-distributed-optimizer"]),
-], ids=["one-rank", "dp2-distopt"])
+@pytest.mark.parametrize(
+    "world,layout",
+    [
+        (1, []),
+        (2, ["--use-distributed-optimizer"]),
+    ],
+    ids=["one-rank", "dp2-distopt"],
+)
 def test_resume_is_bitwise_identical(ranks, tmp_path, world, layout):
     """Stopped at iteration 3 (--exit-interval) and resumed, a run has the losses, KL, validation
     and weights of an uninterrupted run of 6 iterations, bit for bit."""
-    run = [*layout, "--train-iters", "6", "--lr-decay-style", "cosine", "--lr-warmup-iters", "2",
-           "--eval-interval", "3", "--eval-iters", "1"]
+    run = [
+        *layout,
+        "--train-iters",
+        "6",
+        "--lr-decay-style",
+        "cosine",
+        "--lr-warmup-iters",
+        "2",
+        "--eval-interval",
+        "3",
+        "--eval-iters",
+        "1",
+    ]
     full = ranks(world, _train, run)
     first = ranks(world, _train, [*run, "--save", str(tmp_path), "--exit-interval", "3"])
     assert sorted(_last(first)[0]) == [1, 2, 3] and _tracker(tmp_path) == 3
@@ -146,8 +161,14 @@ def test_resume_is_bitwise_identical(ranks, tmp_path, world, layout):
 
     expected, got = _last(full)[0], {**_last(first)[0], **_last(resumed)[0]}
     for iteration in range(1, 7):
-        for name in ("lm loss", "kl", "kl loss", "grad norm", "validation/posterior lm loss",
-                     "validation/prior lm loss"):
+        for name in (
+            "lm loss",
+            "kl",
+            "kl loss",
+            "grad norm",
+            "validation/posterior lm loss",
+            "validation/prior lm loss",
+        ):
             if name.startswith("validation/") and iteration % 3:
                 continue
             assert got[iteration][name] == expected[iteration][name], (iteration, name)
@@ -160,23 +181,27 @@ def test_resume_is_bitwise_identical(ranks, tmp_path, world, layout):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("saved,loaded", [
-    ((1, []), (2, ["--tensor-model-parallel-size", "2"])),
-    ((2, ["--use-distributed-optimizer"]), (1, ["--use-distributed-optimizer"])),
-    # The default padding: 256 rows under TP2, which TP1 keeps (it would pad to 128 from scratch).
-    ((2, ["--tensor-model-parallel-size", "2", "--make-vocab-size-divisible-by", "128"]),
-     (1, ["--make-vocab-size-divisible-by", "128"])),
-], ids=["tp1-to-tp2", "dp2-distopt-to-dp1", "tp2-to-tp1-default-padding"])
+@pytest.mark.parametrize(
+    "saved,loaded",
+    [
+        ((1, []), (2, ["--tensor-model-parallel-size", "2"])),
+        ((2, ["--use-distributed-optimizer"]), (1, ["--use-distributed-optimizer"])),
+        # The default padding: 256 rows under TP2, which TP1 keeps (it would pad to 128 from scratch).
+        (
+            (2, ["--tensor-model-parallel-size", "2", "--make-vocab-size-divisible-by", "128"]),
+            (1, ["--make-vocab-size-divisible-by", "128"]),
+        ),
+    ],
+    ids=["tp1-to-tp2", "dp2-distopt-to-dp1", "tp2-to-tp1-default-padding"],
+)
 def test_resume_under_another_layout(ranks, tmp_path, saved, loaded):
     """Weights, optimizer state and LR schedule saved at iteration 2 load under another layout,
     where iteration 3 gives the loss and weights of iteration 3 in the saved layout (the
     vocabulary's padding rows included: a resumed run keeps the checkpoint's)."""
     (saved_world, saved_layout), (loaded_world, loaded_layout) = saved, loaded
     schedule = ["--train-iters", "3", "--lr-decay-style", "cosine", "--lr-warmup-iters", "1"]
-    reference = ranks(saved_world, _train, [*saved_layout, *schedule, "--save", str(tmp_path),
-                                            "--save-interval", "2"])
-    resumed = ranks(loaded_world, _train, [*loaded_layout, *schedule,
-                                           "--load", str(tmp_path / "iter_0000002")])
+    reference = ranks(saved_world, _train, [*saved_layout, *schedule, "--save", str(tmp_path), "--save-interval", "2"])
+    resumed = ranks(loaded_world, _train, [*loaded_layout, *schedule, "--load", str(tmp_path / "iter_0000002")])
     assert sorted(_last(resumed)[0]) == [3]
     assert_close(_last(resumed)[0][3]["lm loss"], _last(reference)[0][3]["lm loss"], rtol=1e-5, atol=0)
     expected, got = _weights(reference, 3), _weights(resumed, 3)
@@ -195,11 +220,33 @@ ITERATION_LINE = re.compile(r"^(?:\[[^]]*\] )?iteration\s+(\d+)\b", re.MULTILINE
 def test_sigterm_finishes_the_iteration_saves_and_exits_zero(tmp_path):
     """torchrun, 2 ranks, --exit-signal-handler: SIGTERM to one worker stops both after the
     iteration in progress; that iteration is saved, the tracker names it, the job exits 0."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "megatron_free.pretrain", *TINY_PRETRAIN_ARGV, "--tensor-model-parallel-size", "2",
-               "--train-iters", "100000", "--save", str(tmp_path), "--exit-signal-handler"]
-    job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "megatron_free.pretrain",
+        *TINY_PRETRAIN_ARGV,
+        "--tensor-model-parallel-size",
+        "2",
+        "--train-iters",
+        "100000",
+        "--save",
+        str(tmp_path),
+        "--exit-signal-handler",
+    ]
+    job = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     lines, training = [], threading.Event()
 
     def read_output():
@@ -212,8 +259,11 @@ def test_sigterm_finishes_the_iteration_saves_and_exits_zero(tmp_path):
     reader.start()
     try:
         assert training.wait(timeout=300), "".join(lines)[-3000:]
-        workers = [p for p in psutil.Process(job.pid).children(recursive=True)
-                   if "megatron_free.pretrain" in " ".join(p.cmdline())]
+        workers = [
+            p
+            for p in psutil.Process(job.pid).children(recursive=True)
+            if "megatron_free.pretrain" in " ".join(p.cmdline())
+        ]
         rank0 = next(p for p in workers if p.environ().get("RANK") == "0")
         rank0.send_signal(signal.SIGTERM)  # rank 1 gets no signal: it must stop with rank 0
         job.wait(timeout=240)
@@ -281,10 +331,14 @@ def test_keep_last_checkpoints_deletes_older_ones_and_resumes(ranks, tmp_path):
             torch.testing.assert_close(weights[6][name], tensor, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("flags,last", [
-    (["--exit-interval", "2"], 2),
-    (["--exit-duration-in-mins", "1e-6"], 1),  # counted from the process start: past it at once
-], ids=["exit-interval", "exit-duration"])
+@pytest.mark.parametrize(
+    "flags,last",
+    [
+        (["--exit-interval", "2"], 2),
+        (["--exit-duration-in-mins", "1e-6"], 1),  # counted from the process start: past it at once
+    ],
+    ids=["exit-interval", "exit-duration"],
+)
 def test_exit_flags_stop_both_ranks_and_save(ranks, tmp_path, flags, last):
     """--exit-interval / --exit-duration-in-mins stop both ranks after the same iteration,
     which is saved (once) and named by the tracker."""
@@ -329,8 +383,13 @@ def test_kill_during_save_keeps_the_previous_checkpoint(ranks, tmp_path):
     with open(tmp_path / "log", "w") as log:
         # A session of its own, killed whole afterwards should anything outlive the process
         # (test_kill_of_the_launcher_leaves_no_process checks that nothing does).
-        killed = subprocess.Popen([sys.executable, "-c", _DIE_DURING_SAVE, "2", *TINY_PRETRAIN_ARGV, *run],
-                                  cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        killed = subprocess.Popen(
+            [sys.executable, "-c", _DIE_DURING_SAVE, "2", *TINY_PRETRAIN_ARGV, *run],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             killed.wait(timeout=300)
         finally:
@@ -382,18 +441,27 @@ def _without_metadata(run, tmp_path):
     return copy
 
 
-@pytest.mark.parametrize("make_load_dir,extra,expected", [
-    (lambda run, tmp: tmp / "nowhere", [], r"nowhere: no such directory$"),
-    (_without_tracker, [], r"run: has iter_0000001 but no latest_checkpointed_iteration\.txt"),
-    (_truncated_shard, [], r"iter_0000001: unreadable shard data, a truncated or damaged checkpoint"),
-    (_without_metadata, [], r"iter_0000001: no metadata\.json in it"),
-    (lambda run, tmp: run, ["--hidden-size", "64", "--ffn-hidden-size", "128"],
-     r"checkpoint has --hidden-size 32, this run 64$"),
-    (lambda run, tmp: run, ["--latent-bits", "8"], r"checkpoint has --latent-bits 6, this run 8$"),
-    (lambda run, tmp: run, ["--train-iters", "2"],
-     r"LR schedule differs from the checkpoint's: total number of iterations 8, the checkpoint's 4 "),
-], ids=["missing", "no-tracker", "truncated-shard", "no-metadata", "hidden-size", "latent-bits",
-        "lr-schedule"])
+@pytest.mark.parametrize(
+    "make_load_dir,extra,expected",
+    [
+        (lambda run, tmp: tmp / "nowhere", [], r"nowhere: no such directory$"),
+        (_without_tracker, [], r"run: has iter_0000001 but no latest_checkpointed_iteration\.txt"),
+        (_truncated_shard, [], r"iter_0000001: unreadable shard data, a truncated or damaged checkpoint"),
+        (_without_metadata, [], r"iter_0000001: no metadata\.json in it"),
+        (
+            lambda run, tmp: run,
+            ["--hidden-size", "64", "--ffn-hidden-size", "128"],
+            r"checkpoint has --hidden-size 32, this run 64$",
+        ),
+        (lambda run, tmp: run, ["--latent-bits", "8"], r"checkpoint has --latent-bits 6, this run 8$"),
+        (
+            lambda run, tmp: run,
+            ["--train-iters", "2"],
+            r"LR schedule differs from the checkpoint's: total number of iterations 8, the checkpoint's 4 ",
+        ),
+    ],
+    ids=["missing", "no-tracker", "truncated-shard", "no-metadata", "hidden-size", "latent-bits", "lr-schedule"],
+)
 def test_bad_load_is_one_error_line(ranks, saved_run, tmp_path, make_load_dir, extra, expected):
     """main() with a --load it cannot use exits 2 with one line, `error: --load <path>: <why>`,
     and no traceback; it never starts from scratch instead."""
@@ -430,17 +498,23 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(ranks, tmp_path):
     """NaN losses at iterations 2, 4, 5, 6: each update is skipped (weights unchanged) and
     counted; the third in a row (--max-skipped-iterations 3) raises NonFiniteError, saving
     nothing more: the checkpoint of iteration 4 (--save-interval 2) stays the last."""
-    history, weights, state, error = _last(ranks(1, _train, [
-        "--train-iters", "8", "--max-skipped-iterations", "3", "--save", str(tmp_path),
-        "--save-interval", "2"], (2, 4, 5, 6)))
+    history, weights, state, error = _last(
+        ranks(
+            1,
+            _train,
+            ["--train-iters", "8", "--max-skipped-iterations", "3", "--save", str(tmp_path), "--save-interval", "2"],
+            (2, 4, 5, 6),
+        )
+    )
     assert sorted(history) == [1, 2, 3, 4, 5]  # iteration 6 raised
     assert [i for i in history if history[i]["skipped"]] == [2, 4, 5]
     assert all(history[i]["lm loss"] != history[i]["lm loss"] for i in (2, 4, 5))  # NaN
     for iteration in (2, 4, 5):
         for name, value in weights[iteration - 1].items():
             assert torch.equal(weights[iteration][name], value), (iteration, name)
-    assert not torch.equal(weights[3]["embedding.word_embeddings.weight"],
-                           weights[2]["embedding.word_embeddings.weight"])
+    assert not torch.equal(
+        weights[3]["embedding.word_embeddings.weight"], weights[2]["embedding.word_embeddings.weight"]
+    )
     assert (state.iteration, state.skipped_in_a_row, state.skipped_total) == (6, 3, 4)
     assert error.startswith("3 iterations in a row (up to iteration 6) had a non-finite")
     assert _tracker(tmp_path) == 4 and not (tmp_path / "iter_0000006").exists()
@@ -469,17 +543,23 @@ def finished_run(tmp_path_factory):
 def _snapshot(root: Path) -> dict:
     """Every file under ``root`` (run.lock aside: each run writes itself into it) with its inode
     and modification time: what a rewrite of any file would change."""
-    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.name != LOCK}
+    return {
+        str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.name != LOCK
+    }
 
 
-@pytest.mark.parametrize("load,extra,why", [
-    (None, [], "this run has no --load"),
-    ("iter_0000001", [], r"this run loads \S+/iter_0000001, not \S+/iter_0000002"),
-    ("", ["--finetune"], "--finetune starts this run at iteration 0"),
-], ids=["no-load", "load-an-older-one", "finetune"])
-def test_a_run_over_checkpoints_it_does_not_resume_is_refused(ranks, finished_run, tmp_path, load, extra,
-                                                              why):
+@pytest.mark.parametrize(
+    "load,extra,why",
+    [
+        (None, [], "this run has no --load"),
+        ("iter_0000001", [], r"this run loads \S+/iter_0000001, not \S+/iter_0000002"),
+        ("", ["--finetune"], "--finetune starts this run at iteration 0"),
+    ],
+    ids=["no-load", "load-an-older-one", "finetune"],
+)
+def test_a_run_over_checkpoints_it_does_not_resume_is_refused(ranks, finished_run, tmp_path, load, extra, why):
     """A second run on a finished run's --save that would not resume from its last checkpoint
     exits 2 with one line naming --save, --load and how to start over; nothing there changes."""
     save = _copy(finished_run, tmp_path)
@@ -492,7 +572,9 @@ def test_a_run_over_checkpoints_it_does_not_resume_is_refused(ranks, finished_ru
     assert re.fullmatch(
         rf"error: --save {re.escape(str(save))} already holds checkpoints up to iteration 2 and {why}: "
         rf"give --load {re.escape(str(save))} to resume from them, or another --save \(or delete "
-        rf"{re.escape(str(save))}\) to start over", _error_line(stderr)), stderr
+        rf"{re.escape(str(save))}\) to start over",
+        _error_line(stderr),
+    ), stderr
     assert _snapshot(save) == before and _tracker(save) == 2
 
 
@@ -501,8 +583,9 @@ def test_a_finished_run_launched_again_says_so_and_writes_nothing(ranks, finishe
     0, no checkpoint rewritten."""
     save = _copy(finished_run, tmp_path)
     before = _snapshot(save)
-    code, stderr, stdout = ranks(1, _main_with_stdout, ["--train-iters", "2", "--save", str(save),
-                                                        "--load", str(save)])[0]
+    code, stderr, stdout = ranks(
+        1, _main_with_stdout, ["--train-iters", "2", "--save", str(save), "--load", str(save)]
+    )[0]
     assert code == 0, stderr
     lines = stdout.strip().splitlines()
     assert f"loaded {save / 'iter_0000002'} at iteration 2" in lines
@@ -513,12 +596,35 @@ def test_a_finished_run_launched_again_says_so_and_writes_nothing(ranks, finishe
 def _launch(save, *extra) -> subprocess.Popen:
     """The tiny model under torchrun (2 ranks, TP2) in a session of its own, saving into ``save``
     every iteration until stopped; its output goes to ``save``.log."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "megatron_free.pretrain", *TINY_PRETRAIN_ARGV, "--tensor-model-parallel-size", "2",
-               "--train-iters", "100000", "--save", str(save), "--save-interval", "1", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "megatron_free.pretrain",
+        *TINY_PRETRAIN_ARGV,
+        "--tensor-model-parallel-size",
+        "2",
+        "--train-iters",
+        "100000",
+        "--save",
+        str(save),
+        "--save-interval",
+        "1",
+        *extra,
+    ]
     with open(f"{save}.log", "w") as log:
-        return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
 
 
 def _wait_for(condition, timeout: float, what: str, log: Path):
@@ -557,8 +663,7 @@ def test_kill_of_the_launcher_leaves_no_process(tmp_path, kill_workers):
     sessions = set()
     try:
         # Past the second save: the helper processes of the first one exist.
-        _wait_for(lambda: (save / TRACKER).exists() and _tracker(save) >= 2, 300, "second save",
-                  Path(f"{save}.log"))
+        _wait_for(lambda: (save / TRACKER).exists() and _tracker(save) >= 2, 300, "second save", Path(f"{save}.log"))
         workers = _workers(job)
         sessions = {os.getsid(p.pid) for p in workers}
         helpers = [p for w in workers for p in w.children(recursive=True)]
@@ -569,8 +674,7 @@ def test_kill_of_the_launcher_leaves_no_process(tmp_path, kill_workers):
             for worker in workers:
                 worker.kill()
         job.wait(timeout=10)
-        _wait_for(lambda: not _alive_in_sessions(sessions), 10, "end of every process",
-                  Path(f"{save}.log"))
+        _wait_for(lambda: not _alive_in_sessions(sessions), 10, "end of every process", Path(f"{save}.log"))
         last = _tracker(save)
         time.sleep(3)
         assert _tracker(save) == last and not (save / f"iter_{last + 1:07d}").exists()
@@ -591,13 +695,16 @@ def test_a_second_run_on_a_live_runs_save_is_refused(ranks, tmp_path):
     try:
         _wait_for(lambda: (save / TRACKER).exists(), 300, "first save", log)
         rank0 = next(p for p in _workers(job) if p.environ().get("RANK") == "0")
-        code, stderr = ranks(1, _main, ["--train-iters", "100000", "--save", str(save),
-                                        "--load", str(save), "--exit-interval", "1"])[0]
+        code, stderr = ranks(
+            1, _main, ["--train-iters", "100000", "--save", str(save), "--load", str(save), "--exit-interval", "1"]
+        )[0]
         assert code == 2, stderr
         assert re.fullmatch(
             rf"error: --save {re.escape(str(save))} is in use by another run \(pid {rank0.pid} on "
             rf"{re.escape(socket.gethostname())}, since \S+ \S+ UTC; run.lock\): wait for it to end "
-            rf"or stop it, or give another --save", _error_line(stderr)), stderr
+            rf"or stop it, or give another --save",
+            _error_line(stderr),
+        ), stderr
         refused_at = _tracker(save)
         _wait_for(lambda: _tracker(save) > refused_at + 1, 120, "save after the refusal", log)
         rank0.send_signal(signal.SIGTERM)

@@ -42,14 +42,19 @@ def _report(messages_by_rank):
 
 
 def test_an_error_is_printed_once_by_the_ranks_that_hit_it(ranks):
-    written = ranks(2, _report, [
-        ("every rank", "every rank"),
-        (None, "only rank 1"),
-        ("rank 0's own", "rank 1's own"),
-    ])
+    written = ranks(
+        2,
+        _report,
+        [
+            ("every rank", "every rank"),
+            (None, "only rank 1"),
+            ("rank 0's own", "rank 1's own"),
+        ],
+    )
     lines = [line for text in written for line in text.splitlines()]
-    assert sorted(lines) == sorted(["error: every rank", "error: only rank 1", "error: rank 0's own",
-                                    "error: rank 1's own"])
+    assert sorted(lines) == sorted(
+        ["error: every rank", "error: only rank 1", "error: rank 0's own", "error: rank 1's own"]
+    )
     assert "error: only rank 1" in written[1].splitlines()
     assert "error: rank 0's own" in written[0].splitlines()
     assert "error: rank 1's own" in written[1].splitlines()
@@ -61,26 +66,53 @@ def _bad_tracker(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags, line", [
-    (lambda tmp: ["--bf16", "--fp16"], "error: --bf16 and --fp16 are exclusive"),
-    (_bad_tracker, "error: --load {tmp}: latest_checkpointed_iteration.txt holds 'twelve', not an iteration number"),
-], ids=["flags", "checkpoint"])
+@pytest.mark.parametrize(
+    "flags, line",
+    [
+        (lambda tmp: ["--bf16", "--fp16"], "error: --bf16 and --fp16 are exclusive"),
+        (
+            _bad_tracker,
+            "error: --load {tmp}: latest_checkpointed_iteration.txt holds 'twelve', not an iteration number",
+        ),
+    ],
+    ids=["flags", "checkpoint"],
+)
 def test_torchrun_prints_the_error_line_once(tmp_path, flags, line):
     """Two ranks that both fail, before the process group exists (a flag) and after (--load):
     the line once, whole; the exit code 2 in torchrun's summary, with the reason; the line in the
     error file torchrun writes for a scheduler; the shell gets torchrun's 1."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "megatron_free.pretrain", *TINY_PRETRAIN_ARGV, "--tensor-model-parallel-size", "2",
-               *flags(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "megatron_free.pretrain",
+        *TINY_PRETRAIN_ARGV,
+        "--tensor-model-parallel-size",
+        "2",
+        *flags(tmp_path),
+    ]
     root_cause = tmp_path / "torchrun_error.json"
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", TORCHELASTIC_ERROR_FILE=str(root_cause)))
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1", TORCHELASTIC_ERROR_FILE=str(root_cause)),
+    )
     output = result.stdout + result.stderr
     expected = line.format(tmp=tmp_path)
     assert result.returncode == 1, output[-3000:]
     assert output.count(expected) == 1, output[-3000:]
     assert re.search(f"^{re.escape(expected)}$", output, re.MULTILINE), output[-3000:]
     assert re.search(r"exitcode\s*: 2 ", output), output[-3000:]
-    assert re.search(r"traceback : (Argument|Checkpoint)Error, exit code 2 \(a usage, configuration, input or "
-                     r"checkpoint error\): see the 'error:' line above", output), output[-3000:]
+    assert re.search(
+        r"traceback : (Argument|Checkpoint)Error, exit code 2 \(a usage, configuration, input or "
+        r"checkpoint error\): see the 'error:' line above",
+        output,
+    ), output[-3000:]
     assert json.loads(root_cause.read_text())["message"]["message"] == expected

@@ -52,8 +52,9 @@ def _properties():
     out["baseline_missing_only_latent"] = bool(missing) and all(".latent." in k for k in missing)
     out["baseline_unexpected"] = list(unexpected)
     free_state = model.state_dict()
-    out["decoder_loaded"] = all(torch.equal(free_state[k], v) for k, v in baseline.state_dict().items()
-                                if not k.endswith("_extra_state"))
+    out["decoder_loaded"] = all(
+        torch.equal(free_state[k], v) for k, v in baseline.state_dict().items() if not k.endswith("_extra_state")
+    )
     return out
 
 

@@ -9,8 +9,17 @@ import pytest
 from tests.tiny import TINY_PRETRAIN_ARGV
 
 NEW_TOKENS = 24
-RECORD_KEYS = {"prompt", "prompt_index", "sample", "latent", "latent_seed", "sampling_seed", "text",
-               "tokens", "prompt_tokens"}
+RECORD_KEYS = {
+    "prompt",
+    "prompt_index",
+    "sample",
+    "latent",
+    "latent_seed",
+    "sampling_seed",
+    "text",
+    "tokens",
+    "prompt_tokens",
+}
 
 
 def _train_then_generate(tmp_path, runs):
@@ -21,10 +30,24 @@ def _train_then_generate(tmp_path, runs):
     from megatron_free.inference import generate
 
     assert pretrain.main([*TINY_PRETRAIN_ARGV, "--train-iters", "1", "--save", str(tmp_path / "ckpt")]) == 0
-    common = ["--load", str(tmp_path / "ckpt"), "--prompt", "K>", "--prompt", "K>", "--prompt", "D>",
-              "--num-samples", "2", "--max-new-tokens", str(NEW_TOKENS)]
-    codes = {name: generate.main([*common, *extra, "--output", str(tmp_path / f"{name}.jsonl")])
-             for name, extra in runs.items()}
+    common = [
+        "--load",
+        str(tmp_path / "ckpt"),
+        "--prompt",
+        "K>",
+        "--prompt",
+        "K>",
+        "--prompt",
+        "D>",
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+    ]
+    codes = {
+        name: generate.main([*common, *extra, "--output", str(tmp_path / f"{name}.jsonl")])
+        for name, extra in runs.items()
+    }
     first = tmp_path / f"{next(iter(runs))}.jsonl"
     before = first.read_bytes()
     codes["refused"] = generate.main([*common, "--seed", "5", "--output", str(first)])
@@ -45,13 +68,14 @@ def outputs(tmp_path_factory):
 
     tmp_path = tmp_path_factory.mktemp("generate_cli")
     codes, before, after = run_ranks(1, _train_then_generate, tmp_path, RUNS)[0]
-    records = {name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
-               for name in RUNS}
+    records = {
+        name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()] for name in RUNS
+    }
     return codes, before, after, records
 
 
 def _continuations(records):
-    return [r["tokens"][r["prompt_tokens"]:] for r in records]
+    return [r["tokens"][r["prompt_tokens"] :] for r in records]
 
 
 @pytest.mark.slow
@@ -60,7 +84,13 @@ def test_jsonl_is_one_well_formed_object_per_sample(outputs):
     assert all(codes[name] == 0 for name in RUNS), codes
     uniform = records["uniform"]
     assert [(r["prompt"], r["prompt_index"], r["sample"]) for r in uniform] == [
-        ("K>", 0, 0), ("K>", 0, 1), ("K>", 1, 0), ("K>", 1, 1), ("D>", 2, 0), ("D>", 2, 1)]
+        ("K>", 0, 0),
+        ("K>", 0, 1),
+        ("K>", 1, 0),
+        ("K>", 1, 1),
+        ("D>", 2, 0),
+        ("D>", 2, 1),
+    ]
     for record in uniform:
         assert set(record) == RECORD_KEYS
         assert record["latent"] == "uniform" and record["prompt_tokens"] == 2

@@ -13,8 +13,8 @@ NEW_TOKENS = 10
 
 def _generate(extra):
     """Greedy tokens for given codes, and toy-study groups (temperature 1), on this rank."""
-    from megatron_free.inference.toy_study import sample_groups
     from megatron_free.inference.generate import generate
+    from megatron_free.inference.toy_study import sample_groups
     from megatron_free.pretrain import setup
 
     args = tiny_args(dist.get_world_size(), *extra)
@@ -26,12 +26,16 @@ def _generate(extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [
-    ("--tensor-model-parallel-size", "2"),
-    ("--pipeline-model-parallel-size", "2"),
-], ids=["tp2", "pp2"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ("--tensor-model-parallel-size", "2"),
+        ("--pipeline-model-parallel-size", "2"),
+    ],
+    ids=["tp2", "pp2"],
+)
 def test_generation_under_model_parallelism_equals_one_rank(ranks, layout):
-    (reference, reference_groups), = ranks(1, _generate, [])
+    ((reference, reference_groups),) = ranks(1, _generate, [])
     results = ranks(2, _generate, list(layout))
     for greedy, groups in results:  # every rank returns the whole result
         assert greedy.shape == (3, 2 + NEW_TOKENS)

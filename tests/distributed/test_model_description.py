@@ -77,11 +77,25 @@ def test_a_checkpoint_from_before_the_description_still_loads(tp2_run, tmp_path)
     assert old[0].shape_differences(new[0]) == [] and old[1:4] == new[1:4] == ("CharacterTokenizer", torch.float32, 2)
     for name, weight in new[4].items():
         assert torch.equal(old[4][name], weight), name
-    result = subprocess.run([sys.executable, "-m", "megatron_free.convert.cli", "--load", str(legacy),
-                             "--output", str(tmp_path / "hf")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "megatron_free.convert.cli", "--load", str(legacy), "--output", str(tmp_path / "hf")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
-    run_ranks(2, _train, str(legacy), "--tensor-model-parallel-size", "2", "--load", str(legacy),
-              "--train-iters", "3", "--use-checkpoint-opt_param-scheduler")
+    run_ranks(
+        2,
+        _train,
+        str(legacy),
+        "--tensor-model-parallel-size",
+        "2",
+        "--load",
+        str(legacy),
+        "--train-iters",
+        "3",
+        "--use-checkpoint-opt_param-scheduler",
+    )
     assert (legacy / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
 
 
@@ -101,8 +115,9 @@ def test_init_from_baseline_takes_the_decoder_and_checks_its_shapes(tmp_path):
 
     # The rank's CheckpointError comes back as the harness's RuntimeError with its traceback.
     with pytest.raises(RuntimeError, match=r"CheckpointError: .* checkpoint has --hidden-size 32, this run 64"):
-        run_ranks(1, _setup_weights, "--init-from-baseline", str(baseline), "--hidden-size", "64",
-                  "--ffn-hidden-size", "128")
+        run_ranks(
+            1, _setup_weights, "--init-from-baseline", str(baseline), "--hidden-size", "64", "--ffn-hidden-size", "128"
+        )
     free = tmp_path / "free"
     run_ranks(1, _train, str(free))
     with pytest.raises(RuntimeError, match="CheckpointError: .*not a baseline checkpoint"):

@@ -2,7 +2,6 @@
 TP x PP as on one rank (same weights from the same seed, same batches, same sampled codes)."""
 
 import pytest
-import torch
 from torch.testing import assert_close
 
 from tests.tiny import build_tiny_model, full_tensors, run_step, tiny_batches, tiny_config
@@ -29,10 +28,7 @@ def references(request):
     """Single-rank loss/grads/weights for the Free Transformer and the baseline."""
     from tests.harness import run_ranks
 
-    return {
-        baseline: _merged(run_ranks(1, _loss_and_grads, 1, 1, False, baseline))
-        for baseline in (False, True)
-    }
+    return {baseline: _merged(run_ranks(1, _loss_and_grads, 1, 1, False, baseline)) for baseline in (False, True)}
 
 
 @pytest.mark.slow

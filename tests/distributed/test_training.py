@@ -3,7 +3,6 @@ distributed optimizer), TP and PP, against a single-rank run on the same global 
 dist_checkpointing checkpoints that reshard between layouts."""
 
 import glob
-import os
 
 import pytest
 import torch
@@ -35,8 +34,13 @@ def _train(extra, save_dir=None, tensorboard_dir=None):
     losses = []
     for _ in range(args.train_iters):
         report, _, updated = train_step(
-            make_forward_step(kl_loss_scale=1.0 / args.num_microbatches), train_iter, chunks,
-            optimizer, batch_config(args), args.clip_grad)
+            make_forward_step(kl_loss_scale=1.0 / args.num_microbatches),
+            train_iter,
+            chunks,
+            optimizer,
+            batch_config(args),
+            args.clip_grad,
+        )
         assert updated
         scheduler.step(increment=args.global_batch_size)
         losses.append(report.get("lm loss"))
@@ -59,11 +63,15 @@ def single_rank():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [
-    ["--use-distributed-optimizer"],                                  # DP2
-    ["--tensor-model-parallel-size", "2", "--sequence-parallel"],     # TP2 + SP
-    ["--pipeline-model-parallel-size", "2"],                          # PP2
-], ids=["dp2-distopt", "tp2-sp", "pp2"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ["--use-distributed-optimizer"],  # DP2
+        ["--tensor-model-parallel-size", "2", "--sequence-parallel"],  # TP2 + SP
+        ["--pipeline-model-parallel-size", "2"],  # PP2
+    ],
+    ids=["dp2-distopt", "tp2-sp", "pp2"],
+)
 def test_training_matches_single_rank(ranks, single_rank, layout):
     """Four optimizer steps on 2 ranks give the single-rank losses and weights, and the loss falls."""
     losses, weights = _merge(ranks(2, _train, layout))
@@ -99,16 +107,31 @@ def test_tensorboard_and_checkpoint_written(ranks, tmp_path):
     """The pretrain run writes TensorBoard scalars and a Megatron-layout checkpoint."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    ranks(2, _train, ["--tensor-model-parallel-size", "2", "--eval-interval", "2", "--eval-iters", "1"],
-          str(tmp_path / "ckpt"), str(tmp_path / "tb"))
+    ranks(
+        2,
+        _train,
+        ["--tensor-model-parallel-size", "2", "--eval-interval", "2", "--eval-iters", "1"],
+        str(tmp_path / "ckpt"),
+        str(tmp_path / "tb"),
+    )
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
     assert (tmp_path / "ckpt" / "iter_0000004" / "metadata.json").exists()
     events = EventAccumulator(glob.glob(str(tmp_path / "tb" / "events.*"))[0])
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("lm loss", "kl", "kl loss", "kl above kappa", "learning-rate", "grad-norm",
-                "batch-size", "tokens-per-second", "throughput (TFLOP/s/GPU)",
-                "validation/posterior lm loss", "validation/prior lm loss"):
+    for tag in (
+        "lm loss",
+        "kl",
+        "kl loss",
+        "kl above kappa",
+        "learning-rate",
+        "grad-norm",
+        "batch-size",
+        "tokens-per-second",
+        "throughput (TFLOP/s/GPU)",
+        "validation/posterior lm loss",
+        "validation/prior lm loss",
+    ):
         assert tag in tags, tag
     assert len(events.Scalars("lm loss")) == 4
 
@@ -120,11 +143,18 @@ def _save_then_weights(extra, save_dir):
     from megatron_free.training.loop import train
     from megatron_free.training.metrics import TrainingLogger
 
-    args = tiny_args(torch.distributed.get_world_size(), *extra, "--save", save_dir,
-                     "--train-iters", "2")
+    args = tiny_args(torch.distributed.get_world_size(), *extra, "--save", save_dir, "--train-iters", "2")
     chunks, optimizer, scheduler, state, train_iter, *_ = setup(args)
-    train(loop_config(args), chunks, optimizer, scheduler, train_iter, None,
-          TrainingLogger(None, 1, 1.0, torch.distributed.get_world_size(), None), state)
+    train(
+        loop_config(args),
+        chunks,
+        optimizer,
+        scheduler,
+        train_iter,
+        None,
+        TrainingLogger(None, 1, 1.0, torch.distributed.get_world_size(), None),
+        state,
+    )
     return full_tensors(chunks[0].module, use_grad=False)
 
 
@@ -132,16 +162,22 @@ def _load_weights(extra, load_dir):
     from megatron_free.pretrain import setup
 
     # --train-iters as saved: the LR schedule must match the checkpoint's
-    args = tiny_args(torch.distributed.get_world_size(), *extra, "--load", load_dir, "--seed", "99",
-                     "--train-iters", "2")
+    args = tiny_args(
+        torch.distributed.get_world_size(), *extra, "--load", load_dir, "--seed", "99", "--train-iters", "2"
+    )
     chunks, *_ = setup(args)
     return full_tensors(chunks[0].module, use_grad=False)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("saved", [
-    ["--tensor-model-parallel-size", "2"], ["--pipeline-model-parallel-size", "2"],
-], ids=["tp2-to-tp1", "pp2-to-pp1"])
+@pytest.mark.parametrize(
+    "saved",
+    [
+        ["--tensor-model-parallel-size", "2"],
+        ["--pipeline-model-parallel-size", "2"],
+    ],
+    ids=["tp2-to-tp1", "pp2-to-pp1"],
+)
 def test_checkpoint_reshards(ranks, tmp_path, saved):
     """A checkpoint saved with TP2 or PP2 loads with TP1/PP1 (another seed) with identical weights."""
     saved_weights = {}

@@ -23,8 +23,14 @@ def _validate(extra):
     chunks, optimizer, scheduler, _, train_iter, valid_iter, _ = setup(args)
     config = loop_config(args)
     for _ in range(2):
-        train_step(make_forward_step(kl_loss_scale=1.0 / args.num_microbatches), train_iter, chunks, optimizer,
-                   config.batch, config.clip_grad)
+        train_step(
+            make_forward_step(kl_loss_scale=1.0 / args.num_microbatches),
+            train_iter,
+            chunks,
+            optimizer,
+            config.batch,
+            config.clip_grad,
+        )
         scheduler.step(increment=args.global_batch_size)
     return evaluate(chunks, valid_iter, config.validation, config.batch)
 
@@ -46,12 +52,16 @@ def test_one_rank_reports_the_importance_weighted_loss(one_rank):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [
-    ["--tensor-model-parallel-size", "2"],
-    ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
-    ["--pipeline-model-parallel-size", "2"],
-    [],  # DP2
-], ids=["tp2", "tp2-sp", "pp2", "dp2"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ["--tensor-model-parallel-size", "2"],
+        ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
+        ["--pipeline-model-parallel-size", "2"],
+        [],  # DP2
+    ],
+    ids=["tp2", "tp2-sp", "pp2", "dp2"],
+)
 def test_validation_is_layout_independent(one_rank, layout):
     for results in run_ranks(2, _validate, layout):
         assert set(results) == set(one_rank)

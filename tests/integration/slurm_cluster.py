@@ -30,13 +30,21 @@ import psutil
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 GPUS_PER_NODE = 2
-TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                   "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+TERMINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 def missing_binaries() -> list[str]:
-    return [name for name in DAEMONS + CLIENTS
-            if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
+    return [name for name in DAEMONS + CLIENTS if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
 
 
 def _binary(name: str) -> str:
@@ -105,8 +113,14 @@ class SlurmCluster:
 
     def sbatch(self, *argv: str, cwd: Path, env: dict | None = None) -> str:
         """Submits like a user (sbatch --parsable ... from ``cwd``); returns the job id."""
-        result = subprocess.run(["sbatch", "--parsable", *argv], cwd=cwd, env={**(env or os.environ), **self.env},
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["sbatch", "--parsable", *argv],
+            cwd=cwd,
+            env={**(env or os.environ), **self.env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"sbatch {' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
         return result.stdout.strip().split(";")[0]
@@ -130,8 +144,11 @@ class SlurmCluster:
             time.sleep(1)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {path.name} (end)\n" + path.read_text()[-3000:]
-                         for path in sorted((self.root / "log").iterdir()) if path.suffix in (".log", ".txt"))
+        return "\n".join(
+            f"--- {path.name} (end)\n" + path.read_text()[-3000:]
+            for path in sorted((self.root / "log").iterdir())
+            if path.suffix in (".log", ".txt")
+        )
 
     def stop(self) -> None:
         """Cancels what still runs, stops the daemons, then kills whatever they left behind (a
@@ -186,11 +203,16 @@ def start_cluster() -> SlurmCluster:
     env = {**os.environ, **cluster.env}
     try:
         key = root / "munge" / "munge.key"
-        subprocess.run([_binary("mungekey"), "--create", f"--keyfile={key}"], check=True,
-                       capture_output=True, timeout=30)
-        munge_args = [f"--socket={root}/run/munge.socket", f"--key-file={key}",
-                      f"--pid-file={root}/run/munged.pid", f"--log-file={root}/log/munged.log",
-                      f"--seed-file={root}/munge/seed"]
+        subprocess.run(
+            [_binary("mungekey"), "--create", f"--keyfile={key}"], check=True, capture_output=True, timeout=30
+        )
+        munge_args = [
+            f"--socket={root}/run/munge.socket",
+            f"--key-file={key}",
+            f"--pid-file={root}/run/munged.pid",
+            f"--log-file={root}/log/munged.log",
+            f"--seed-file={root}/munge/seed",
+        ]
         _start(cluster, [_binary("munged"), "--foreground", *munge_args], env)
         _wait_for(lambda: (root / "run" / "munge.socket").exists(), 20, "munged's socket", cluster)
         _start(cluster, [_binary("slurmctld"), "-D", "-f", str(conf)], env)
@@ -205,8 +227,9 @@ def start_cluster() -> SlurmCluster:
 
 def _start(cluster: SlurmCluster, argv: list[str], env: dict) -> None:
     log = open(cluster.root / "log" / f"{Path(argv[0]).name}.out", "w")
-    cluster.daemons.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True))
+    cluster.daemons.append(
+        subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    )
 
 
 def _ping(cluster: SlurmCluster) -> bool:
@@ -226,8 +249,10 @@ def _wait_for(condition, timeout: float, what: str, cluster: SlurmCluster) -> No
     while not condition():
         for process in cluster.daemons:
             if process.poll() is not None:
-                raise RuntimeError(f"{process.args[0]} exited {process.returncode} while waiting for "
-                                   f"{what}\n{cluster.logs()}\n" + _outputs(cluster))
+                raise RuntimeError(
+                    f"{process.args[0]} exited {process.returncode} while waiting for "
+                    f"{what}\n{cluster.logs()}\n" + _outputs(cluster)
+                )
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} after {timeout} s\n{cluster.logs()}\n" + _outputs(cluster))
         time.sleep(0.5)

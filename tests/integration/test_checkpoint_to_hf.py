@@ -23,8 +23,18 @@ SEQ = 10
 def _train_and_save(save_dir, *extra):
     from megatron_free.pretrain import run
 
-    run(tiny_args(torch.distributed.get_world_size(), "--tensor-model-parallel-size", "2",
-                  "--train-iters", "2", "--save", save_dir, *extra))
+    run(
+        tiny_args(
+            torch.distributed.get_world_size(),
+            "--tensor-model-parallel-size",
+            "2",
+            "--train-iters",
+            "2",
+            "--save",
+            save_dir,
+            *extra,
+        )
+    )
 
 
 def _megatron_logits(load_dir, tokens, codes):
@@ -35,8 +45,13 @@ def _megatron_logits(load_dir, tokens, codes):
     model, _, tokenizer, *_ = load_for_inference(load_dir)
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)
     with torch.no_grad():
-        logits = model(tokens, positions, None, latent_seeds=torch.arange(tokens.shape[0]),
-                       latent=LatentControl("given", codes=codes))
+        logits = model(
+            tokens,
+            positions,
+            None,
+            latent_seeds=torch.arange(tokens.shape[0]),
+            latent=LatentControl("given", codes=codes),
+        )
     return logits[..., : tokenizer.vocab_size]
 
 
@@ -49,8 +64,14 @@ def _megatron_loss(load_dir, tokens, codes):
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
     positions = torch.arange(inputs.shape[1]).expand_as(inputs)
     with torch.no_grad():
-        return model(inputs, positions, None, labels=labels, latent_seeds=torch.arange(tokens.shape[0]),
-                     latent=LatentControl("given", codes=codes))
+        return model(
+            inputs,
+            positions,
+            None,
+            labels=labels,
+            latent_seeds=torch.arange(tokens.shape[0]),
+            latent=LatentControl("given", codes=codes),
+        )
 
 
 def _cli(*args):
@@ -83,11 +104,19 @@ def test_export_keeps_the_checkpoint_dtype_unless_told(run_dir, tmp_path):
     """An fp32 run exports float32 weights by default; --dtype casts, and the last line says from what;
     a bf16 run's checkpoint exports bfloat16 by default."""
     assert _weight_dtypes(run_dir / "hf") == ({"F32"}, "float32")
-    cast = _cli("megatron_free.convert.cli", "--load", str(run_dir / "ckpt"), "--output", str(tmp_path / "bf16"),
-                "--dtype", "bfloat16")
+    cast = _cli(
+        "megatron_free.convert.cli",
+        "--load",
+        str(run_dir / "ckpt"),
+        "--output",
+        str(tmp_path / "bf16"),
+        "--dtype",
+        "bfloat16",
+    )
     assert cast.returncode == 0, cast.stderr
     assert cast.stdout.strip().splitlines()[-1] == (
-        f"wrote {tmp_path / 'bf16'}: bfloat16 weights (cast from the checkpoint's float32 by --dtype)")
+        f"wrote {tmp_path / 'bf16'}: bfloat16 weights (cast from the checkpoint's float32 by --dtype)"
+    )
     assert _weight_dtypes(tmp_path / "bf16") == ({"BF16"}, "bfloat16")
 
     run_ranks(2, _train_and_save, str(tmp_path / "bf16_run"), "--bf16")
@@ -147,8 +176,19 @@ def test_export_loads_with_tokenizer_and_generates(run_dir):
 def test_generate_cli_and_bad_load(run_dir, tmp_path):
     """megatron-free-generate prints samples; a missing checkpoint, or an existing --output without
     --overwrite, is a one-line error, exit 2."""
-    result = _cli("megatron_free.inference.generate", "--load", str(run_dir / "ckpt"), "--prompt", "K>",
-                  "--num-samples", "2", "--max-new-tokens", "5", "--latent", "fixed-seed")
+    result = _cli(
+        "megatron_free.inference.generate",
+        "--load",
+        str(run_dir / "ckpt"),
+        "--prompt",
+        "K>",
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "5",
+        "--latent",
+        "fixed-seed",
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("K>") for line in lines)
@@ -156,7 +196,10 @@ def test_generate_cli_and_bad_load(run_dir, tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith("error: --load")
     exists = _cli("megatron_free.convert.cli", "--load", str(run_dir / "ckpt"), "--output", str(run_dir / "hf"))
-    assert (exists.returncode, exists.stderr) == (2, f"error: --output {run_dir / 'hf'} exists: pass --overwrite to replace it\n")
+    assert (exists.returncode, exists.stderr) == (
+        2,
+        f"error: --output {run_dir / 'hf'} exists: pass --overwrite to replace it\n",
+    )
 
 
 @pytest.mark.slow
@@ -164,8 +207,7 @@ def test_prior_default_for_likelihood_scoring(run_dir):
     """default_latent_mode=prior (an lm-eval model_arg) keeps one-forward scoring causal."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf", trust_remote_code=True,
-                                                 default_latent_mode="prior")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf", trust_remote_code=True, default_latent_mode="prior")
     tokens = torch.randint(0, 30, (1, SEQ), generator=torch.Generator().manual_seed(1))
     changed = tokens.clone()
     changed[0, -1] = (changed[0, -1] + 1) % 30
@@ -192,8 +234,13 @@ def _greedy_with_codes_and_replay(load_dir, prompt, codes, num_tokens):
     inputs = ids[:, :-1]
     positions = torch.arange(inputs.shape[1]).expand_as(inputs)
     with torch.no_grad():
-        logits = model(inputs, positions, None, latent_seeds=torch.arange(inputs.shape[0]),
-                       latent=LatentControl("given", codes=codes[:, :-1]))
+        logits = model(
+            inputs,
+            positions,
+            None,
+            latent_seeds=torch.arange(inputs.shape[0]),
+            latent=LatentControl("given", codes=codes[:, :-1]),
+        )
     return ids, logits[..., : tokenizer.vocab_size].argmax(-1)
 
 
@@ -220,12 +267,21 @@ def _megatron_draws(load_dir, prompt, num_tokens, latent, seed):
     from megatron_free.model.latent_rng import sample_seeds
 
     model, description, tokenizer, *_ = load_for_inference(load_dir)
-    ids = generate([model], prompt, num_tokens, latent=latent, latent_bits=description.latent_bits, seed=seed,
-                   temperature=0, vocab_size=tokenizer.vocab_size)
+    ids = generate(
+        [model],
+        prompt,
+        num_tokens,
+        latent=latent,
+        latent_bits=description.latent_bits,
+        seed=seed,
+        temperature=0,
+        vocab_size=tokenizer.vocab_size,
+    )
     positions = torch.arange(prompt.shape[1]).expand_as(prompt)
     with torch.no_grad():
-        model(prompt, positions, None, latent_seeds=sample_seeds(seed, prompt.shape[0]),
-              latent=LatentControl("posterior"))
+        model(
+            prompt, positions, None, latent_seeds=sample_seeds(seed, prompt.shape[0]), latent=LatentControl("posterior")
+        )
     return ids, model.latent.last_codes.t()
 
 
@@ -240,9 +296,15 @@ def test_checkpoint_and_export_draw_the_same_latent(run_dir, megatron_latent, hf
     prompt = torch.tensor([[12, 28, 0, 0, 1, 0, 12, 12, 12, 12, 0, 0], [5, 28, 0, 0, 0, 5, 5, 5, 5, 1, 5, 5]])
     model = AutoModelForCausalLM.from_pretrained(run_dir / "hf", trust_remote_code=True)
     with torch.no_grad():
-        exported = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
-                                  do_sample=False, latent_mode=hf_latent_mode, latent_seed=5)
+        exported = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=12,
+            do_sample=False,
+            latent_mode=hf_latent_mode,
+            latent_seed=5,
+        )
         codes = {seed: model(prompt, latent_mode="posterior", latent_seed=seed).latent_codes for seed in (5, 6)}
-    (ids, megatron_codes), = run_ranks(1, _megatron_draws, str(run_dir / "ckpt"), prompt, 12, megatron_latent, 5)
+    ((ids, megatron_codes),) = run_ranks(1, _megatron_draws, str(run_dir / "ckpt"), prompt, 12, megatron_latent, 5)
     assert torch.equal(ids, exported)
     assert torch.equal(megatron_codes, codes[5]) and not torch.equal(codes[5], codes[6])

@@ -61,22 +61,29 @@ def _megatron_reference(tokens, codes):
     seeds = torch.arange(BATCH)
     results = {}
     for name, (baseline, tied) in VARIANTS.items():
-        model = FreeTransformerModel(_config(baseline), vocab_size=PADDED_VOCAB, max_sequence_length=SEQ,
-                                     share_embeddings_and_output_weights=tied)
+        model = FreeTransformerModel(
+            _config(baseline),
+            vocab_size=PADDED_VOCAB,
+            max_sequence_length=SEQ,
+            share_embeddings_and_output_weights=tied,
+        )
         initialize_parameters(model, SEED)
         model.eval()
         bit_logits = []
         if model.latent is not None:
             model.latent.readout.register_forward_hook(
-                lambda module, args, out: bit_logits.append(out.detach().transpose(0, 1).clone()))
+                lambda module, args, out: bit_logits.append(out.detach().transpose(0, 1).clone())
+            )
         with torch.no_grad():
-            logits = model(tokens, positions, None, latent_seeds=seeds,
-                           latent=LatentControl(mode="given", codes=codes))
+            logits = model(tokens, positions, None, latent_seeds=seeds, latent=LatentControl(mode="given", codes=codes))
             if model.latent is not None:
                 model(tokens, positions, None, latent_seeds=seeds, latent=LatentControl(mode="posterior"))
         state = {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
-        results[name] = {"state": state, "logits": logits.detach().clone(),
-                         "bit_logits": bit_logits[0] if bit_logits else None}
+        results[name] = {
+            "state": state,
+            "logits": logits.detach().clone(),
+            "bit_logits": bit_logits[0] if bit_logits else None,
+        }
     return results
 
 
@@ -88,9 +95,16 @@ def _train_tokenizer(folder) -> str:
     corpus = os.path.join(folder, "corpus.txt")
     with open(corpus, "w") as f:
         f.write("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)))
-    return train_tokenizer(TokenizerTrainingConfig(
-        inputs=[corpus], input_format="text-files", model_prefix=os.path.join(folder, "tok"),
-        vocab_size=VOCAB, num_threads=1), log=None)
+    return train_tokenizer(
+        TokenizerTrainingConfig(
+            inputs=[corpus],
+            input_format="text-files",
+            model_prefix=os.path.join(folder, "tok"),
+            vocab_size=VOCAB,
+            num_threads=1,
+        ),
+        log=None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +117,22 @@ def exported(tmp_path_factory):
     paths = {}
     for name, (baseline, _) in VARIANTS.items():
         paths[name] = export_hf(
-            reference[name]["state"], _config(baseline), root / name, vocab_size=VOCAB,
-            tokenizer=tokenizer_model if name == "free_untied" else None, max_shard_size="40KB",
-            max_position_embeddings=64)
-    return {"tokens": tokens, "codes": codes, "reference": reference, "paths": paths,
-            "tokenizer_model": tokenizer_model, "root": root}
+            reference[name]["state"],
+            _config(baseline),
+            root / name,
+            vocab_size=VOCAB,
+            tokenizer=tokenizer_model if name == "free_untied" else None,
+            max_shard_size="40KB",
+            max_position_embeddings=64,
+        )
+    return {
+        "tokens": tokens,
+        "codes": codes,
+        "reference": reference,
+        "paths": paths,
+        "tokenizer_model": tokenizer_model,
+        "root": root,
+    }
 
 
 _loaded = {}
@@ -117,8 +142,7 @@ def _load(exported, name):
     from transformers import AutoModelForCausalLM
 
     if name not in _loaded:
-        _loaded[name] = AutoModelForCausalLM.from_pretrained(
-            exported["paths"][name], trust_remote_code=True).eval()
+        _loaded[name] = AutoModelForCausalLM.from_pretrained(exported["paths"][name], trust_remote_code=True).eval()
     return _loaded[name]
 
 
@@ -148,8 +172,7 @@ def test_baseline_exports_as_llama(exported):
     assert type(model).__name__ == "LlamaForCausalLM"
     with torch.no_grad():
         logits = model(exported["tokens"]).logits
-    torch.testing.assert_close(logits, exported["reference"]["baseline"]["logits"][..., :VOCAB],
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits, exported["reference"]["baseline"]["logits"][..., :VOCAB], atol=1e-4, rtol=0)
 
 
 def test_generate_with_each_latent_mode(exported):
@@ -173,8 +196,9 @@ def test_generate_with_each_latent_mode(exported):
 
 def _greedy(model, prompt, **kwargs):
     """generate()'s tokens and per-step logits [b, new, V]."""
-    out = model.generate(prompt, max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, **kwargs)
+    out = model.generate(
+        prompt, max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True, return_dict_in_generate=True, **kwargs
+    )
     return out.sequences, torch.stack(out.logits, dim=1)
 
 
@@ -182,8 +206,9 @@ def test_kv_cache_generation_equals_full_recompute(exported):
     """generate() with the KV cache equals a no-cache loop recomputing the whole sequence each step."""
     model = _load(exported, "free_tied")
     prompt = exported["tokens"][:, :5]
-    codes = torch.randint(0, model.config.num_codes, (BATCH, 5 + NEW_TOKENS),
-                          generator=torch.Generator().manual_seed(3))
+    codes = torch.randint(
+        0, model.config.num_codes, (BATCH, 5 + NEW_TOKENS), generator=torch.Generator().manual_seed(3)
+    )
     sequence, step_logits = prompt, []
     with torch.no_grad():
         for _ in range(NEW_TOKENS):
@@ -264,9 +289,12 @@ def test_mapping_round_trip(exported, name):
     back = hf_to_megatron(megatron_to_hf(state, config), config)
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k], state[k]) for k in state)
-    te_names = {k.replace("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight")
-                 .replace("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"): v
-                for k, v in state.items()}
+    te_names = {
+        k.replace("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight").replace(
+            "pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"
+        ): v
+        for k, v in state.items()
+    }
     back = hf_to_megatron(megatron_to_hf(te_names, config), config, transformer_impl="transformer_engine")
     assert back.keys() == te_names.keys() and all(torch.equal(back[k], te_names[k]) for k in te_names)
     # Vocabulary padding: dropped on export, zero rows on import.
@@ -282,8 +310,9 @@ def test_mapping_round_trip(exported, name):
 
 def test_export_folder_contents(exported):
     """The folder: config with auto_map, modeling code, sharded safetensors + index, tokenizer, atomic."""
-    from megatron_free.data.tokenizers import SentencePieceTokenizer
     from transformers import AutoTokenizer
+
+    from megatron_free.data.tokenizers import SentencePieceTokenizer
 
     path = exported["paths"]["free_untied"]
     config = json.load(open(os.path.join(path, "config.json")))
@@ -294,8 +323,13 @@ def test_export_folder_contents(exported):
     shards = set(index["weight_map"].values())
     assert len(shards) > 1 and all(os.path.exists(os.path.join(path, s)) for s in shards)
     assert "model.latent.post_sampler" in index["weight_map"]
-    expected = ("generation_config.json", "tokenizer.model", "tokenizer.json", "modeling_free_transformer.py",
-                "latent_rng.py")
+    expected = (
+        "generation_config.json",
+        "tokenizer.model",
+        "tokenizer.json",
+        "modeling_free_transformer.py",
+        "latent_rng.py",
+    )
     for name in expected:
         assert os.path.exists(os.path.join(path, name)), name
     assert sorted(p.name for p in exported["root"].iterdir() if p.name.startswith(".")) == []

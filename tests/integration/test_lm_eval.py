@@ -18,17 +18,37 @@ pytest.importorskip("transformers", reason="the HF export needs transformers (pi
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-
 TASKS = Path(__file__).resolve().parents[2] / "megatron_free" / "evaluation" / "tasks" / "toy"
 OFFLINE = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-TINY = ["--toy-data", "--seq-length", "66", "--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "128",
-        "--num-attention-heads", "4", "--micro-batch-size", "32", "--train-iters", "80", "--lr", "0.003",
-        "--lr-warmup-iters", "10", "--log-interval", "40", "--seed", "7"]
+TINY = [
+    "--toy-data",
+    "--seq-length",
+    "66",
+    "--num-layers",
+    "2",
+    "--hidden-size",
+    "64",
+    "--ffn-hidden-size",
+    "128",
+    "--num-attention-heads",
+    "4",
+    "--micro-batch-size",
+    "32",
+    "--train-iters",
+    "80",
+    "--lr",
+    "0.003",
+    "--lr-warmup-iters",
+    "10",
+    "--log-interval",
+    "40",
+    "--seed",
+    "7",
+]
 
 
 def _run(*args, timeout=600):
-    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
-                            env=OFFLINE)
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=OFFLINE)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -64,7 +84,7 @@ def test_continuations_of_a_context_sum_to_one(exports, latent_samples):
     context = model.tok_encode("Q>____!___Q")
     vocab = range(model.model.config.vocab_size)
     requests = [(("", ""), context, [v, w]) for v in vocab for w in vocab]
-    assert len(requests) == 30 ** 2
+    assert len(requests) == 30**2
     total = sum(math.exp(score) for score, _ in model._loglikelihood_tokens(requests))
     assert total == pytest.approx(1.0, abs=1e-4)
 
@@ -75,8 +95,9 @@ def test_continuation_never_influences_the_context_latent(exports):
     the context's codes are those of the encoder over the context alone."""
     model = _model(exports, latent_seed=11)
     context = model.tok_encode("C>__CCCC")
-    (first_a, _), (first_b, _) = model.token_log_probs([(context, model.tok_encode("CCCC")),
-                                                        (context, model.tok_encode("C___"))])
+    (first_a, _), (first_b, _) = model.token_log_probs(
+        [(context, model.tok_encode("CCCC")), (context, model.tok_encode("C___"))]
+    )
     assert first_a[0].item() == pytest.approx(first_b[0].item(), abs=1e-6)
     assert first_a[1].item() != pytest.approx(first_b[1].item(), abs=1e-3)
     seeds = torch.tensor([123])
@@ -98,8 +119,9 @@ def test_scores_do_not_depend_on_batch_size_or_order(exports):
     order = list(range(len(pairs)))
     rng.shuffle(order)
     shuffled = _loglikelihood(_model(exports, batch_size=5, latent_samples=2), [pairs[i] for i in order])
-    torch.testing.assert_close(torch.tensor([shuffled[order.index(i)] for i in range(len(pairs))]),
-                               torch.tensor(reference), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([shuffled[order.index(i)] for i in range(len(pairs))]), torch.tensor(reference), atol=1e-5, rtol=0
+    )
     other_seed = _loglikelihood(_model(exports, batch_size=5, latent_samples=2, latent_seed=1), pairs)
     assert other_seed != pytest.approx(reference, abs=1e-6)
 
@@ -108,20 +130,38 @@ def test_scores_do_not_depend_on_batch_size_or_order(exports):
 def test_harness_end_to_end_offline_beside_the_baseline(exports, tmp_path):
     """megatron-free-lm-eval --model free_transformer on the repository's toy tasks writes the harness's
     results JSON; the baseline export runs through the harness's own --model hf on the same tasks."""
+
     def results(output):
         (path,) = list(Path(output).rglob("results_*.json"))
         return json.loads(path.read_text())["results"]
 
     common = ["--tasks", "toy", "--include_path", str(TASKS), "--limit", "8", "--batch_size", "8"]
-    _run("megatron_free.evaluation", "--model", "free_transformer", "--model_args",
-         f"pretrained={exports / 'free' / 'hf'},latent_samples=2,latent_seed=0", *common,
-         "--output_path", str(tmp_path / "free"))
+    _run(
+        "megatron_free.evaluation",
+        "--model",
+        "free_transformer",
+        "--model_args",
+        f"pretrained={exports / 'free' / 'hf'},latent_samples=2,latent_seed=0",
+        *common,
+        "--output_path",
+        str(tmp_path / "free"),
+    )
     free = results(tmp_path / "free")
     assert 0.0 <= free["toy_target"]["acc,none"] <= 1.0
     assert 0.0 <= free["toy_generation"]["well_formed,none"] <= 1.0
     assert free["toy_perplexity"]["bits_per_byte,none"] > 0
 
-    _run("lm_eval", "--model", "hf", "--model_args", f"pretrained={exports / 'baseline' / 'hf'},dtype=float32",
-         "--device", "cpu", *common, "--output_path", str(tmp_path / "baseline"))
+    _run(
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={exports / 'baseline' / 'hf'},dtype=float32",
+        "--device",
+        "cpu",
+        *common,
+        "--output_path",
+        str(tmp_path / "baseline"),
+    )
     baseline = results(tmp_path / "baseline")
     assert set(baseline) >= {"toy_target", "toy_generation", "toy_perplexity"}

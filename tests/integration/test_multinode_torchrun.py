@@ -31,19 +31,49 @@ def _free_port() -> int:
 
 def _torchrun(nnodes: int, node_rank: int, nproc: int, endpoint: str, pretrain_args: list[str]) -> list[str]:
     # Node 0 hosts the rendezvous store, as where the endpoint is node 0's address.
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
-            "--node-rank", str(node_rank), "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", endpoint, "--rdzv-id", "megatron-free-test",
-            "--rdzv-conf", f"is_host={int(node_rank == 0)}", "--max-restarts", "0",
-            "-m", "megatron_free.pretrain", *TINY_PRETRAIN_ARGV, *pretrain_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(nnodes),
+        "--node-rank",
+        str(node_rank),
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        "megatron-free-test",
+        "--rdzv-conf",
+        f"is_host={int(node_rank == 0)}",
+        "--max-restarts",
+        "0",
+        "-m",
+        "megatron_free.pretrain",
+        *TINY_PRETRAIN_ARGV,
+        *pretrain_args,
+    ]
 
 
 def _run_agents(commands: list[list[str]]) -> list[str]:
     """Starts every agent at once, waits for all (TIMEOUT_S); returns their outputs. Fails with
     every agent's output if one exits non-zero or they time out."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    agents = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True) for command in commands]
+    agents = [
+        subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for command in commands
+    ]
     outputs = []
     try:
         for agent in agents:
@@ -87,8 +117,9 @@ def test_two_nodes_match_one_node_and_resume_on_one_node_with_another_layout(tmp
     assert got == {it: expected[it] for it in (1, 2)}  # as printed: the same to 7 digits
     assert (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
-    resumed = _run_agents([_torchrun(1, 0, 2, f"127.0.0.1:{_free_port()}",
-                                     ["--load", str(tmp_path / "checkpoints")])])[0]
+    resumed = _run_agents([_torchrun(1, 0, 2, f"127.0.0.1:{_free_port()}", ["--load", str(tmp_path / "checkpoints")])])[
+        0
+    ]
     assert "world size 2 = TP 1 x PP 1 x CP 1 x DP 2" in resumed and "at iteration 2" in resumed, resumed[-3000:]
     got = _losses(resumed)
     assert sorted(got) == [3, 4], resumed[-3000:]

@@ -48,13 +48,23 @@ def toy_job(tmp_path: Path, train_iters: int, *extra: str) -> Path:
     """free_1p5b_47b.sh running the tiny toy-task model (baseline and kappa 1 bit) instead."""
     text = PAPER_SCRIPT.read_text()
     paper_run = re.search(r"^CONFIG=.*?(?=^source )", text, re.MULTILINE | re.DOTALL)
-    extra_args = [*_tiny_flags("--toy-data", "--free-bits", "--train-iters"),
-                  "--lr-warmup-iters", "0", "--generate-samples", "0", "--eval-interval", "1000",
-                  "--exit-signal-handler", *extra]
-    toy_run = (f"CONFIG=examples/toy_free_transformer.yaml\nRUN_PREFIX=toy\nSWEEP=(baseline 1)\n"
-               f"DATA_SOURCE=config\nTRAIN_ITERS={train_iters}\nEXTRA_ARGS=({' '.join(extra_args)})\n\n")
+    extra_args = [
+        *_tiny_flags("--toy-data", "--free-bits", "--train-iters"),
+        "--lr-warmup-iters",
+        "0",
+        "--generate-samples",
+        "0",
+        "--eval-interval",
+        "1000",
+        "--exit-signal-handler",
+        *extra,
+    ]
+    toy_run = (
+        f"CONFIG=examples/toy_free_transformer.yaml\nRUN_PREFIX=toy\nSWEEP=(baseline 1)\n"
+        f"DATA_SOURCE=config\nTRAIN_ITERS={train_iters}\nEXTRA_ARGS=({' '.join(extra_args)})\n\n"
+    )
     script = tmp_path / PAPER_SCRIPT.name
-    script.write_text(text[:paper_run.start()] + toy_run + text[paper_run.end():])
+    script.write_text(text[: paper_run.start()] + toy_run + text[paper_run.end() :])
     return script
 
 
@@ -64,7 +74,10 @@ def submit(slurm, tmp_path: Path, script: Path, *options: str, **env: str) -> st
     job_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "LAUNCH_MODE"}
     job_env.update(
         PATH=f"{Path(sys.executable).parent}:{job_env['PATH']}",  # the python with this project
-        OUTPUT_ROOT=str(tmp_path / "runs"), OMP_NUM_THREADS="1", **env)
+        OUTPUT_ROOT=str(tmp_path / "runs"),
+        OMP_NUM_THREADS="1",
+        **env,
+    )
     return slurm.sbatch(f"--output={tmp_path}/%x-%A_%a.log", *options, str(script), cwd=REPO, env=job_env)
 
 
@@ -81,8 +94,11 @@ def checkpoint_iteration(tmp_path: Path, run: str) -> int:
 
 
 def _summary(records) -> str:
-    return "\n".join(f"{r['JobId']} {r['JobState']} {r['ExitCode']}:\n" + job_log(r)[-3000:]
-                     for r in records if Path(r["StdOut"]).exists())
+    return "\n".join(
+        f"{r['JobId']} {r['JobState']} {r['ExitCode']}:\n" + job_log(r)[-3000:]
+        for r in records
+        if Path(r["StdOut"]).exists()
+    )
 
 
 @pytest.mark.slow
@@ -114,10 +130,22 @@ def test_time_limit_saves_exits_and_the_requeued_job_resumes(slurm, tmp_path):
     --signal=B:USR1@60: the header's 300 s warning would come at once in a 5-minute job. Slurm
     holds a requeued job for 2 minutes (BeginTime, not configurable): the test starts it at once
     with scontrol update StartTime=now."""
-    job = submit(slurm, tmp_path, toy_job(tmp_path, train_iters=2), *ONE_NODE, "--array=1", "--time=5",
-                 "--signal=B:USR1@60", EXIT_MARGIN_MIN="4.96", MIN_TRAIN_MIN="0")
-    (record,) = slurm.wait(job, timeout=240, until=lambda records: records[0]["Reason"] == "BeginTime"
-                           or records[0]["JobState"] in TERMINAL_STATES)
+    job = submit(
+        slurm,
+        tmp_path,
+        toy_job(tmp_path, train_iters=2),
+        *ONE_NODE,
+        "--array=1",
+        "--time=5",
+        "--signal=B:USR1@60",
+        EXIT_MARGIN_MIN="4.96",
+        MIN_TRAIN_MIN="0",
+    )
+    (record,) = slurm.wait(
+        job,
+        timeout=240,
+        until=lambda records: records[0]["Reason"] == "BeginTime" or records[0]["JobState"] in TERMINAL_STATES,
+    )
     assert record["Restarts"] == "1", _summary([record])
     # The requeue killed the first run's processes: let the node finish with them (COMPLETING) before
     # the second run starts, and give that run room (10 minutes) so it resumes however slow its start.
@@ -128,8 +156,9 @@ def test_time_limit_saves_exits_and_the_requeued_job_resumes(slurm, tmp_path):
     records = slurm.wait(job, timeout=240)
     (record,) = records
     summary = _summary(records)
-    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), \
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), (
         summary + "\n" + slurm.logs()
+    )
     log = job_log(record)
     first, _, second = log.partition("restart 1:")
     assert re.search(r"--exit-duration-in-mins 0\.0\d+", first), summary
@@ -183,23 +212,26 @@ def test_usr1_before_the_time_limit_requeues_at_once(slurm, tmp_path):
 def _training_started(records) -> bool:
     """The job runs and its log has an iteration line."""
     path = Path(records[0]["StdOut"])
-    return (records[0]["JobState"] == "RUNNING" and path.exists()
-            and re.search(r"\] iteration +\d+/", path.read_text()) is not None)
+    return (
+        records[0]["JobState"] == "RUNNING"
+        and path.exists()
+        and re.search(r"\] iteration +\d+/", path.read_text()) is not None
+    )
 
 
 @pytest.mark.slow
 def test_failed_preflight_plan_stops_before_training(slurm, tmp_path):
     """TP 4 on 2 GPUs: the preflight plan (srun on one node) fails with the planner's one-line
     error; the job stops there, FAILED with exit 1, before torchrun and before any checkpoint."""
-    job = submit(slurm, tmp_path, toy_job(tmp_path, 3, "--tensor-model-parallel-size", "4"), *ONE_NODE,
-                 "--array=1")
+    job = submit(slurm, tmp_path, toy_job(tmp_path, 3, "--tensor-model-parallel-size", "4"), *ONE_NODE, "--array=1")
     records = slurm.wait(job, timeout=120)
     (record,) = records
     summary = _summary(records)
     log = job_log(record)
     assert (record["JobState"], record["ExitCode"]) == ("FAILED", "1:0"), summary
-    assert re.search(r"^error: --tensor-model-parallel-size 4 x .* does not divide the world size 2$", log,
-                     re.MULTILINE), summary
+    assert re.search(
+        r"^error: --tensor-model-parallel-size 4 x .* does not divide the world size 2$", log, re.MULTILINE
+    ), summary
     assert "error: the planner rejects this run" in log, summary
     assert "run toy_kappa1:" not in log, summary  # common.sh prints it just before torchrun
     assert not (tmp_path / "runs" / "toy_kappa1" / "checkpoints").exists()

@@ -38,6 +38,9 @@ def no_transformers_deprecations():
         yield
     logger.removeHandler(handler)
     logged = [m for m in handler.messages if _DEPRECATION.search(m)]
-    warned = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
-              if "transformers" in w.filename and _DEPRECATION.search(str(w.message))]
+    warned = [
+        f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+        for w in caught
+        if "transformers" in w.filename and _DEPRECATION.search(str(w.message))
+    ]
     assert not logged + warned, "transformers reports a deprecated use:\n" + "\n".join(logged + warned)

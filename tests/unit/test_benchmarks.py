@@ -40,8 +40,10 @@ def test_analytic_ratio_counts_encoder_and_mapper():
 
 def test_mapper_verdicts_without_weight_grad():
     """Scope: the target check, with and without the C x D weight gradient both variants hold."""
-    rows = [{"variant": "ours", "tokens": 1024, "num_bits": 16, "hidden": 512, "time_ms": 10.0, "peak_mem_mib": 160.0},
-            {"variant": "dense", "tokens": 1024, "num_bits": 16, "hidden": 512, "time_ms": 20.0, "peak_mem_mib": 1000.0}]
+    rows = [
+        {"variant": "ours", "tokens": 1024, "num_bits": 16, "hidden": 512, "time_ms": 10.0, "peak_mem_mib": 160.0},
+        {"variant": "dense", "tokens": 1024, "num_bits": 16, "hidden": 512, "time_ms": 20.0, "peak_mem_mib": 1000.0},
+    ]
     (v,) = mapper_verdicts(rows)
     assert v["memory_x"] == pytest.approx(6.25) and not v["memory_target_met"]
     assert v["weight_grad_mib"] == 128  # 65536 x 512 fp32
@@ -53,8 +55,13 @@ def test_mapper_verdicts_without_weight_grad():
 def test_quick_run_writes_every_part(tmp_path):
     """Scope: `python -m benchmarks --quick` end to end in a subprocess (tiny sizes, CPU), its tables and JSON."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for title in ("(a) training step", "(b) binary mapper", "(c) preprocessing", "(d) GPU throughput"):
         assert title in proc.stdout

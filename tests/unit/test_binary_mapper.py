@@ -60,8 +60,7 @@ def test_post_sampler_matches_dense(num_bits, chunk_size):
     """Scope: chunked output, logit grad and weight grad equal the dense reference to 1e-10 in float64."""
     logits, codes, weight, grad_out = _inputs(37, num_bits, 5, seed=num_bits)
     expected = _run(lambda o, w: dense_binary_mapper_reference(o, codes, w), logits, weight, grad_out)
-    actual = _run(lambda o, w: binary_mapper_post_sampler(o, codes, w, chunk_size=chunk_size),
-                  logits, weight, grad_out)
+    actual = _run(lambda o, w: binary_mapper_post_sampler(o, codes, w, chunk_size=chunk_size), logits, weight, grad_out)
     assert torch.equal(actual[0], weight.detach()[codes])  # forward is exactly the row gather
     for a, e in zip(actual, expected):
         assert_close(a, e, **TOL)
@@ -85,8 +84,14 @@ def test_tensor_parallel_row_shards(split):
     shards = [weight.detach()[:split].clone().requires_grad_(), weight.detach()[split:].clone().requires_grad_()]
     parts = []
     for shard, offset in zip(shards, [0, split]):
-        parts.append(_run(lambda o, w: binary_mapper_post_sampler(o, codes, w, code_offset=offset, chunk_size=9),
-                          logits, shard, grad_out))
+        parts.append(
+            _run(
+                lambda o, w: binary_mapper_post_sampler(o, codes, w, code_offset=offset, chunk_size=9),
+                logits,
+                shard,
+                grad_out,
+            )
+        )
     assert_close(parts[0][0] + parts[1][0], full[0], **TOL)  # what reduce_from_tensor_model_parallel_region does
     assert_close(parts[0][1] + parts[1][1], full[1], **TOL)  # what copy_to_tensor_model_parallel_region does
     assert_close(torch.cat([parts[0][2], parts[1][2]]), full[2], **TOL)
@@ -98,7 +103,10 @@ def test_leading_batch_dims():
     flat = _run(lambda o, w: binary_mapper_post_sampler(o, codes, w, chunk_size=5), logits, weight, grad_out)
     batched = _run(
         lambda o, w: binary_mapper_post_sampler(o.view(4, 3, 4), codes.view(4, 3), w, chunk_size=5).view(12, 3),
-        logits, weight, grad_out)
+        logits,
+        weight,
+        grad_out,
+    )
     for a, e in zip(batched, flat):
         assert_close(a, e, **TOL)
     assert binary_mapper_post_sampler(logits.view(4, 3, 4), codes.view(4, 3), weight).shape == (4, 3, 3)
@@ -135,7 +143,9 @@ def test_chunking_large_code_space():
     weight = torch.randn(2**16, 8, generator=gen).requires_grad_()
     codes = _draw(logits, 1)
     grad_out = torch.randn(64, 8, generator=gen)
-    grads = [_run(lambda o, w: binary_mapper_post_sampler(o, codes, w, chunk_size=c), logits, weight, grad_out)[1]
-             for c in (4096, 5000)]
+    grads = [
+        _run(lambda o, w: binary_mapper_post_sampler(o, codes, w, chunk_size=c), logits, weight, grad_out)[1]
+        for c in (4096, 5000)
+    ]
     assert torch.isfinite(grads[0]).all()
     assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)

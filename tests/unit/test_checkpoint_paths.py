@@ -73,6 +73,7 @@ def _tracker(text):
     def make(d):
         (d / TRACKER).write_text(text)
         return d
+
     return make
 
 
@@ -86,16 +87,19 @@ def _killed_save(d):
     return d / "iter_0000005.tmp"
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda d: d / "missing", "no such directory"),
-    (_file, "not a directory"),
-    (_without_tracker, "has iter_0000001 but no " + TRACKER),
-    (_tracker("latest\n"), f"{TRACKER} holds 'latest', not an iteration"),
-    (_tracker("5"), "names iteration 5 but iter_0000005 is missing"),
-    (_without_metadata, "no metadata.json in it"),
-    (_killed_save, "no metadata.json in it"),
-], ids=["missing", "file", "no-tracker", "bad-tracker", "tracker-without-dir", "no-metadata",
-        "killed-save"])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d: d / "missing", "no such directory"),
+        (_file, "not a directory"),
+        (_without_tracker, "has iter_0000001 but no " + TRACKER),
+        (_tracker("latest\n"), f"{TRACKER} holds 'latest', not an iteration"),
+        (_tracker("5"), "names iteration 5 but iter_0000005 is missing"),
+        (_without_metadata, "no metadata.json in it"),
+        (_killed_save, "no metadata.json in it"),
+    ],
+    ids=["missing", "file", "no-tracker", "bad-tracker", "tracker-without-dir", "no-metadata", "killed-save"],
+)
 def test_unusable_load_directory(tmp_path, make, message):
     """Each unusable --load names the path and the problem in one line."""
     with pytest.raises(CheckpointError, match="^--load .*" + message.replace(".", r"\.")) as error:
@@ -124,10 +128,26 @@ def _load(**overrides):
 def _description(**overrides):
     from megatron_free.model.description import ModelDescription
 
-    fields = dict(num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                  kv_channels=None, max_position_embeddings=66, rotary_base=10000, norm_epsilon=1e-5,
-                  tie_embeddings=True, vocab_size=30, padded_vocab_size=32, tokenizer_type="CharacterTokenizer",
-                  tokenizer_model=None, baseline=False, latent_bits=6, free_bits=0.25, injection_layer=3)
+    fields = dict(
+        num_layers=4,
+        hidden_size=32,
+        ffn_hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=None,
+        max_position_embeddings=66,
+        rotary_base=10000,
+        norm_epsilon=1e-5,
+        tie_embeddings=True,
+        vocab_size=30,
+        padded_vocab_size=32,
+        tokenizer_type="CharacterTokenizer",
+        tokenizer_model=None,
+        baseline=False,
+        latent_bits=6,
+        free_bits=0.25,
+        injection_layer=3,
+    )
     return ModelDescription(**{**fields, **overrides})
 
 
@@ -149,11 +169,27 @@ def test_checkpoints_before_the_description_still_describe_their_model(tmp_path)
     """An older checkpoint's run flags (vars(args)) give its description; neither: one line."""
     from megatron_free.model.description import ModelDescription
 
-    flags = dict(num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                 kv_channels=None, max_position_embeddings=66, rotary_base=10000, norm_epsilon=1e-5,
-                 untie_embeddings_and_output_weights=False, padded_vocab_size=32, toy_data=True,
-                 tokenizer_type=None, tokenizer_model=None, baseline=False, latent_bits=6, free_bits=0.25,
-                 injection_layer=3, vocab_size=None)
+    flags = dict(
+        num_layers=4,
+        hidden_size=32,
+        ffn_hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=None,
+        max_position_embeddings=66,
+        rotary_base=10000,
+        norm_epsilon=1e-5,
+        untie_embeddings_and_output_weights=False,
+        padded_vocab_size=32,
+        toy_data=True,
+        tokenizer_type=None,
+        tokenizer_model=None,
+        baseline=False,
+        latent_bits=6,
+        free_bits=0.25,
+        injection_layer=3,
+        vocab_size=None,
+    )
     legacy = {"args": flags, "opt_param_scheduler": {}}
     assert ModelDescription.from_checkpoint_state(legacy).shape_differences(_description()) == []
     assert ModelDescription.from_checkpoint_state(legacy).tokenizer_type == "CharacterTokenizer"
@@ -162,10 +198,13 @@ def test_checkpoints_before_the_description_still_describe_their_model(tmp_path)
         _check_loadable(tmp_path, {"opt_param_scheduler": {}}, _description(), _load())
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--keep-last-checkpoints", "2"), "--keep-last-checkpoints needs --save"),
-    (("--save", "/tmp/x", "--keep-last-checkpoints", "0"), "--keep-last-checkpoints must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--keep-last-checkpoints", "2"), "--keep-last-checkpoints needs --save"),
+        (("--save", "/tmp/x", "--keep-last-checkpoints", "0"), "--keep-last-checkpoints must be >= 1, got 0"),
+    ],
+)
 def test_keep_last_checkpoints_is_validated(extra, message):
     from megatron_free.arguments import ArgumentError
     from tests.tiny import tiny_args
@@ -196,21 +235,38 @@ def test_the_lock_file_is_no_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000003", TRACKER, LOCK]
 
 
-@pytest.mark.parametrize("make,load,finetune,problem", [
-    (lambda d: None, None, False, None),
-    (lambda d: (d / LOCK).write_text(""), None, False, None),
-    (lambda d: _run_dir(d, 4, 2, 4), "", False, None),
-    (lambda d: _run_dir(d, 4, 2, 4), "iter_0000004", False, None),
-    (lambda d: _run_dir(d, 4, 2, 4), "./", False, None),
-    (lambda d: _run_dir(d, None, 2, 4), "iter_0000004", False, None),
-    (lambda d: _run_dir(d, 4, 2, 4), None, False, "up to iteration 4 and this run has no --load"),
-    (lambda d: _run_dir(d, 4, 2, 4), "iter_0000002", False,
-     "and this run loads .*/iter_0000002, not .*/iter_0000004"),
-    (lambda d: _run_dir(d, 4, 2, 4), "", True, "and --finetune starts this run at iteration 0"),
-    (lambda d: _run_dir(d, None, 2, 4), None, False,
-     f"up to iter_0000004 \\(no {TRACKER}\\) and this run has no"),
-], ids=["empty", "lock-only", "resume", "resume-the-iteration", "resume-other-spelling",
-        "resume-without-tracker", "no-load", "load-older", "finetune", "no-tracker-no-load"])
+@pytest.mark.parametrize(
+    "make,load,finetune,problem",
+    [
+        (lambda d: None, None, False, None),
+        (lambda d: (d / LOCK).write_text(""), None, False, None),
+        (lambda d: _run_dir(d, 4, 2, 4), "", False, None),
+        (lambda d: _run_dir(d, 4, 2, 4), "iter_0000004", False, None),
+        (lambda d: _run_dir(d, 4, 2, 4), "./", False, None),
+        (lambda d: _run_dir(d, None, 2, 4), "iter_0000004", False, None),
+        (lambda d: _run_dir(d, 4, 2, 4), None, False, "up to iteration 4 and this run has no --load"),
+        (
+            lambda d: _run_dir(d, 4, 2, 4),
+            "iter_0000002",
+            False,
+            "and this run loads .*/iter_0000002, not .*/iter_0000004",
+        ),
+        (lambda d: _run_dir(d, 4, 2, 4), "", True, "and --finetune starts this run at iteration 0"),
+        (lambda d: _run_dir(d, None, 2, 4), None, False, f"up to iter_0000004 \\(no {TRACKER}\\) and this run has no"),
+    ],
+    ids=[
+        "empty",
+        "lock-only",
+        "resume",
+        "resume-the-iteration",
+        "resume-other-spelling",
+        "resume-without-tracker",
+        "no-load",
+        "load-older",
+        "finetune",
+        "no-tracker-no-load",
+    ],
+)
 def test_checkpoints_a_run_does_not_resume_from(tmp_path, make, load, finetune, problem):
     """A --save directory may hold checkpoints only if this run resumes from the latest one."""
     save = tmp_path / "run"
@@ -222,8 +278,8 @@ def test_checkpoints_a_run_does_not_resume_from(tmp_path, make, load, finetune, 
         assert found is None
     else:
         assert re.search(problem, found) and found.endswith(
-            f"give --load {save} to resume from them, or another --save (or delete {save}) to "
-            f"start over")
+            f"give --load {save} to resume from them, or another --save (or delete {save}) to start over"
+        )
 
 
 def test_a_save_never_replaces_a_newer_or_anothers_checkpoint(tmp_path):
@@ -254,8 +310,9 @@ time.sleep(300)
 def test_the_lock_names_its_live_holder_and_dies_with_it(tmp_path):
     """A second claim of a --save directory fails with one line naming the live holder (pid,
     host); once the holder is killed (kill -9), the directory is free."""
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         with pytest.raises(CheckpointError) as refused:
@@ -263,7 +320,9 @@ def test_the_lock_names_its_live_holder_and_dies_with_it(tmp_path):
         assert re.fullmatch(
             rf"--save {re.escape(str(tmp_path))} is in use by another run \(pid {holder.pid} on "
             rf"{re.escape(socket.gethostname())}, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC; {LOCK}\): "
-            rf"wait for it to end or stop it, or give another --save", str(refused.value))
+            rf"wait for it to end or stop it, or give another --save",
+            str(refused.value),
+        )
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()

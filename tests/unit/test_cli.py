@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from megatron_free import arguments
-from megatron_free.inference import generate
 from megatron_free.convert import cli as convert_cli
 from megatron_free.data import merge_datasets, preprocess, train_tokenizer
+from megatron_free.inference import generate
 
 # [project.scripts] of pyproject.toml
 CONSOLE_SCRIPTS = {
@@ -49,8 +49,9 @@ def test_help_exits_zero_without_torch_or_megatron(script):
 
 
 def test_every_console_script_is_checked():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == set(CONSOLE_SCRIPTS) | {"megatron-free-lm-eval"}
@@ -82,7 +83,9 @@ def test_every_flag_has_help_and_shows_its_default(script):
         defaults = action.default if isinstance(action.default, list) else [action.default]
         for value in defaults:
             shown = {str(value), f"{value:g}"} if isinstance(value, float) else {str(value)}
-            assert any(s in text for s in shown), f"{script} {action.option_strings[0]}: default {value!r} not in {text!r}"
+            assert any(s in text for s in shown), (
+                f"{script} {action.option_strings[0]}: default {value!r} not in {text!r}"
+            )
 
 
 def test_pretrain_help_names_the_free_transformer_defaults():

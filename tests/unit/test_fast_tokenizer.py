@@ -24,21 +24,72 @@ SHAKESPEARE = Path(__file__).parents[2] / "data" / "tinyshakespeare.txt"
 
 HARD_CASES = [
     # empty documents and whitespace only
-    "", " ", "  ", "\n", "\n\n", "\t", "\r\n", " \u3000 ",
+    "",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\t",
+    "\r\n",
+    " \u3000 ",
     # whitespace runs, leading and trailing
-    " a", "a ", "  a  b   c  ", "a\t\tb", "x" + " " * 5000 + "y", "\n" * 3000, "    def f():\n        return 1\n",
+    " a",
+    "a ",
+    "  a  b   c  ",
+    "a\t\tb",
+    "x" + " " * 5000 + "y",
+    "\n" * 3000,
+    "    def f():\n        return 1\n",
     # special-token strings: sentencepiece encodes their characters (gigatoken as-is took "<s>" as BOS)
-    "<s>", "</s>", "<unk>", "<pad>", "<0x41>", "x<s>y", " <s> ", "<<s>>", "<s><s></s>", "re.compile(r'(?P<s>\\d+)')",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<pad>",
+    "<0x41>",
+    "x<s>y",
+    " <s> ",
+    "<<s>>",
+    "<s><s></s>",
+    "re.compile(r'(?P<s>\\d+)')",
     # the user-defined pieces of one of the models below
-    "call <tool> now", "foofoo bar",
+    "call <tool> now",
+    "foofoo bar",
     # sentencepiece's own whitespace symbol in the text
-    "\u2581", "\u2581\u2581 x", "  \u2581", "a\u2581b",
+    "\u2581",
+    "\u2581\u2581 x",
+    "  \u2581",
+    "a\u2581b",
     # Unicode that normalizers change or that byte fallback covers
-    "e\u0301", "\u00e9", "\ufb01\u0301", "\u3000\u0301", "\u00a0\u0301", "s\u0301\u0301", "\u0340\u0340x", "\ufb01",
-    "\uff21\uff22", "\u2460", "\u0085", "a\u0085b", "\u00a0", "\u2028", "\u200b", "\ufeffx", "\u200d", "\x00", "a\x00b",
-    "\x7f", "\x1b[0m", "\U0001F600" * 3, "\U0001F3F3\uFE0F\u200D\U0001F308", "\u0645\u0631\u062d\u0628\u0627",
-    "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8", "\U0010ffff", "\u1100\u1161\u11a8", "\U0001F1EB\U0001F1F7",
-    "12345678901234567890", "\uff13\uff14\uff15",
+    "e\u0301",
+    "\u00e9",
+    "\ufb01\u0301",
+    "\u3000\u0301",
+    "\u00a0\u0301",
+    "s\u0301\u0301",
+    "\u0340\u0340x",
+    "\ufb01",
+    "\uff21\uff22",
+    "\u2460",
+    "\u0085",
+    "a\u0085b",
+    "\u00a0",
+    "\u2028",
+    "\u200b",
+    "\ufeffx",
+    "\u200d",
+    "\x00",
+    "a\x00b",
+    "\x7f",
+    "\x1b[0m",
+    "\U0001f600" * 3,
+    "\U0001f3f3\ufe0f\u200d\U0001f308",
+    "\u0645\u0631\u062d\u0628\u0627",
+    "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8",
+    "\U0010ffff",
+    "\u1100\u1161\u11a8",
+    "\U0001f1eb\U0001f1f7",
+    "12345678901234567890",
+    "\uff13\uff14\uff15",
 ]
 
 
@@ -47,19 +98,34 @@ def _train(**options) -> SentencePieceTokenizer:
     lines = [line for line in text.split("\n") if line.strip()][:6000]
     lines += ["naïve café ﬁ ① Ａ 日本語 😀 <s> x \u0301", "<tool> foo"] * 20
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=700,
-                                   byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
-                                   **options)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=700,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+        **options,
+    )
     return SentencePieceTokenizer(model_proto=model.getvalue())
 
 
 MODELS = {
-    "llama2-style": dict(model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=False,
-                         allow_whitespace_only_pieces=True, split_digits=True),
+    "llama2-style": dict(
+        model_type="bpe",
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+    ),
     "nmt_nfkc-defaults": dict(model_type="bpe"),
     "identity-strip": dict(model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=True),
-    "no-dummy-prefix": dict(model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=False,
-                            add_dummy_prefix=False),
+    "no-dummy-prefix": dict(
+        model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False
+    ),
     "user-defined": dict(model_type="bpe", user_defined_symbols=["<tool>", "foo"]),
 }
 
@@ -83,8 +149,15 @@ def real_texts() -> list[str]:
 
 def random_mixtures(n: int = 2000) -> list[str]:
     """Short strings mixing the hard characters, where their interactions show."""
-    alphabet = list("ab <>s/\n\t\x00é日😀▁\u3000\u00a0ﬁ\u0301\u0085\u0340") + ["<s>", "</s>", "<unk>", "<0x0A>", "foo",
-                                                                           "<tool>", "  "]
+    alphabet = list("ab <>s/\n\t\x00é日😀▁\u3000\u00a0ﬁ\u0301\u0085\u0340") + [
+        "<s>",
+        "</s>",
+        "<unk>",
+        "<0x0A>",
+        "foo",
+        "<tool>",
+        "  ",
+    ]
     rng = random.Random(0)
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(n)]
 
@@ -95,7 +168,7 @@ def assert_same_ids(tokenizer, texts):
     ids, offsets = fast.encode_batch(texts)
     assert len(offsets) == len(texts) + 1
     expected = tokenizer._processor.encode(texts)
-    mismatches = [repr(t[:60]) for i, t in enumerate(texts) if ids[offsets[i]:offsets[i + 1]].tolist() != expected[i]]
+    mismatches = [repr(t[:60]) for i, t in enumerate(texts) if ids[offsets[i] : offsets[i + 1]].tolist() != expected[i]]
     assert mismatches == [], f"{len(mismatches)} of {len(texts)} differ, e.g. {mismatches[:5]}"
 
 
@@ -131,8 +204,9 @@ def test_unigram_model_falls_back_to_sentencepiece():
     fast = FastSentencePiece(tokenizer)
     assert "unigram" in fast.reason
     ids, offsets = fast.encode_batch(["To be, or not", "", "<s>"])
-    assert [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(3)] == [tokenizer.tokenize(t)
-                                                                            for t in ["To be, or not", "", "<s>"]]
+    assert [ids[offsets[i] : offsets[i + 1]].tolist() for i in range(3)] == [
+        tokenizer.tokenize(t) for t in ["To be, or not", "", "<s>"]
+    ]
 
 
 def test_lone_surrogate_raises_as_sentencepiece_does():

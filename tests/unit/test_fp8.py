@@ -22,8 +22,20 @@ def build_model_config(args):
 @pytest.mark.parametrize("fmt, recipe", [("hybrid", "delayed"), ("e4m3", "tensorwise")])
 def test_fp8_flags_reach_the_transformer_config(fmt, recipe):
     """Every FP8 flag lands in FreeTransformerConfig's megatron fields, beside bf16."""
-    args = tiny_args(1, *FP8, "--fp8-format", fmt, "--fp8-recipe", recipe, "--fp8-margin", "1",
-                     "--fp8-amax-history-len", "16", "--fp8-amax-compute-algo", "most_recent")
+    args = tiny_args(
+        1,
+        *FP8,
+        "--fp8-format",
+        fmt,
+        "--fp8-recipe",
+        recipe,
+        "--fp8-margin",
+        "1",
+        "--fp8-amax-history-len",
+        "16",
+        "--fp8-amax-compute-algo",
+        "most_recent",
+    )
     config = build_model_config(args)
     assert (config.fp8, config.fp8_recipe, config.fp8_margin) == (fmt, recipe, 1)
     assert (config.fp8_amax_history_len, config.fp8_amax_compute_algo) == (16, "most_recent")
@@ -37,10 +49,13 @@ def test_no_fp8_unless_asked():
     assert config.fp8 is None and config.bf16
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--transformer-impl", "transformer_engine"), "--fp8-format needs --bf16"),
-    (("--bf16", "--transformer-impl", "local"), "--fp8-format needs --transformer-impl transformer_engine"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--transformer-impl", "transformer_engine"), "--fp8-format needs --bf16"),
+        (("--bf16", "--transformer-impl", "local"), "--fp8-format needs --transformer-impl transformer_engine"),
+    ],
+)
 def test_fp8_needs_bf16_and_transformer_engine(extra, message):
     """FP8 without bf16 master compute or without Transformer Engine is refused, flags named."""
     with pytest.raises(ArgumentError, match=message):
@@ -56,9 +71,13 @@ def _latent_module_types():
         "readout_norm": type(latent.readout_norm),
         "readout": type(latent.readout),
         "post_sampler": type(latent.post_sampler),
-        "own_modules": sorted({type(m).__module__.split(".")[0]
-                               for name, m in latent.named_modules()
-                               if name and not name.startswith("encoder")}),
+        "own_modules": sorted(
+            {
+                type(m).__module__.split(".")[0]
+                for name, m in latent.named_modules()
+                if name and not name.startswith("encoder")
+            }
+        ),
     }
 
 
@@ -81,11 +100,18 @@ def _fp8_step():
     from megatron_free.parallel.distributed import ParallelConfig, initialize_distributed
     from tests.tiny import SEQ, VOCAB, run_step, tiny_batches, tiny_config
 
-    config = tiny_config(bf16=True, params_dtype=torch.bfloat16, pipeline_dtype=torch.bfloat16,
-                         fp8="hybrid", fp8_recipe="delayed", use_cpu_initialization=False)
+    config = tiny_config(
+        bf16=True,
+        params_dtype=torch.bfloat16,
+        pipeline_dtype=torch.bfloat16,
+        fp8="hybrid",
+        fp8_recipe="delayed",
+        use_cpu_initialization=False,
+    )
     initialize_distributed(ParallelConfig(), seed=7)
-    model = FreeTransformerModel(config, vocab_size=VOCAB, max_sequence_length=SEQ,
-                                 transformer_impl="transformer_engine").cuda()
+    model = FreeTransformerModel(
+        config, vocab_size=VOCAB, max_sequence_length=SEQ, transformer_impl="transformer_engine"
+    ).cuda()
     initialize_parameters(model, 7)
     batches = [{k: v.cuda() for k, v in b.items()} for b in tiny_batches(2)]
     loss = run_step(model, batches)

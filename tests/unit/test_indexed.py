@@ -28,10 +28,13 @@ def write_reference(prefix, docs, dtype):
 def write_ours(prefix, docs, dtype, batch=37):
     writer = IndexedDatasetWriter(prefix, dtype)
     for start in range(0, len(docs), batch):
-        chunk = docs[start:start + batch]
+        chunk = docs[start : start + batch]
         ids = np.concatenate([s for sequences in chunk for s in sequences] or [np.zeros(0, np.int64)])
-        writer.add_documents(ids, np.array([len(s) for sequences in chunk for s in sequences], dtype=np.int32),
-                             np.array([len(sequences) for sequences in chunk]))
+        writer.add_documents(
+            ids,
+            np.array([len(s) for sequences in chunk for s in sequences], dtype=np.int32),
+            np.array([len(sequences) for sequences in chunk]),
+        )
     writer.finalize()
     return writer
 
@@ -50,7 +53,11 @@ def test_writer_bytes_equal_megatron_builder(tmp_path, vocab):
     writer = write_ours(str(tmp_path / "ours"), docs, dtype)
     assert read(str(tmp_path / "ours")) == read(str(tmp_path / "ref"))
     assert writer.documents == len(docs) and sorted(p.name for p in tmp_path.iterdir()) == [
-        "ours.bin", "ours.idx", "ref.bin", "ref.idx"]  # no side file left
+        "ours.bin",
+        "ours.idx",
+        "ref.bin",
+        "ref.idx",
+    ]  # no side file left
     dataset = IndexedDataset(str(tmp_path / "ours"))
     sequences = [s for d in docs for s in d]
     assert len(dataset) == len(sequences) and all(np.array_equal(dataset[i], s) for i, s in enumerate(sequences))

@@ -4,7 +4,7 @@ import torch
 from torch.testing import assert_close
 
 from megatron_free.model.binary_mapper import code_bits
-from megatron_free.model.latent_rng import latent_uniforms, posterior_codes, prior_codes, POSTERIOR_STREAM
+from megatron_free.model.latent_rng import POSTERIOR_STREAM, latent_uniforms, posterior_codes, prior_codes
 
 
 def _positions(batch, seq_len):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from megatron_free.arguments import ArgumentError, parse_args
-from megatron_free.planner import GIB, plan, pipeline_stages
+from megatron_free.planner import GIB, pipeline_stages, plan
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_DIR = REPO / "launch_scripts"
@@ -57,10 +57,23 @@ def launch_cases():
 
 def launch_env(tmp_path: Path, mode: str) -> dict:
     """This environment without slurm's or the launch scripts' variables, in LAUNCH_MODE mode."""
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("SLURM_") and k not in (
-                 "DATA_PATH", "TOKENIZER_MODEL", "MOCK_DATA", "CONFIG", "RUN_PREFIX", "REPO_DIR",
-                 "SWEEP_VALUE", "TRAIN_ITERS", "CONTAINER_IMAGE")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SLURM_")
+        and k
+        not in (
+            "DATA_PATH",
+            "TOKENIZER_MODEL",
+            "MOCK_DATA",
+            "CONFIG",
+            "RUN_PREFIX",
+            "REPO_DIR",
+            "SWEEP_VALUE",
+            "TRAIN_ITERS",
+            "CONTAINER_IMAGE",
+        )
+    }
     clean.update(LAUNCH_MODE=mode, DATA_ROOT=str(tmp_path / "data"), OUTPUT_ROOT=str(tmp_path / "runs"))
     # The scripts run `python`: this interpreter's, as in an activated environment.
     clean["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), clean.get("PATH", "")])
@@ -71,11 +84,11 @@ def printed_args(script: Path, tmp_path: Path, task=None, env=None) -> tuple[int
     """(world size, pretrain argv) that a script would launch, from LAUNCH_MODE=print."""
     clean = launch_env(tmp_path, "print")
     if task is not None:
-        clean.update(SLURM_ARRAY_TASK_ID=str(task),
-                     SLURM_ARRAY_TASK_MAX=str(max(array_indices(sbatch_options(script)["array"]))))
+        clean.update(
+            SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_MAX=str(max(array_indices(sbatch_options(script)["array"])))
+        )
     clean.update(env or {})
-    result = subprocess.run(["bash", str(script)], cwd=REPO, env=clean, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(["bash", str(script)], cwd=REPO, env=clean, capture_output=True, text=True, timeout=30)
     if result.returncode:
         raise ArgumentError(result.stderr.strip())
     first, *argv = result.stdout.splitlines()
@@ -128,10 +141,22 @@ PAPER_RUNS = {
 }
 ARCHITECTURES = {
     # layers, hidden, heads, query groups, tied embeddings; FFN 14336 for 8B (Llama-3 8B)
-    "free_1p5b": dict(num_layers=28, hidden_size=1536, num_attention_heads=12, num_query_groups=2,
-                      untie_embeddings_and_output_weights=False, injection_layer=15),
-    "free_8b": dict(num_layers=32, hidden_size=4096, num_attention_heads=32, num_query_groups=8,
-                    ffn_hidden_size=14336, injection_layer=17),
+    "free_1p5b": dict(
+        num_layers=28,
+        hidden_size=1536,
+        num_attention_heads=12,
+        num_query_groups=2,
+        untie_embeddings_and_output_weights=False,
+        injection_layer=15,
+    ),
+    "free_8b": dict(
+        num_layers=32,
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_query_groups=8,
+        ffn_hidden_size=14336,
+        injection_layer=17,
+    ),
 }
 
 
@@ -176,8 +201,9 @@ def test_plan_covers_the_whole_sweep(tmp_path):
     """LAUNCH_MODE=plan outside slurm plans every array task, then one summary line per run;
     SWEEP_VALUE plans that run alone."""
     script = LAUNCH_DIR / "free_8b_1t.sh"
-    result = subprocess.run(["bash", str(script)], cwd=REPO, env=launch_env(tmp_path, "plan"),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", str(script)], cwd=REPO, env=launch_env(tmp_path, "plan"), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "=== array task 0: free_8b_1t_baseline ===" in out
@@ -187,8 +213,14 @@ def test_plan_covers_the_whole_sweep(tmp_path):
     assert set(summary) == {"free_8b_1t_baseline", "free_8b_1t_kappa0.5"}
     assert float(summary["free_8b_1t_kappa0.5"]) > float(summary["free_8b_1t_baseline"])
 
-    one = subprocess.run(["bash", str(script)], cwd=REPO, env={**launch_env(tmp_path, "plan"), "SWEEP_VALUE": "0.5"},
-                         capture_output=True, text=True, timeout=120)
+    one = subprocess.run(
+        ["bash", str(script)],
+        cwd=REPO,
+        env={**launch_env(tmp_path, "plan"), "SWEEP_VALUE": "0.5"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert one.returncode == 0, one.stderr
     assert "plan: Free Transformer" in one.stdout and "plan: baseline decoder" not in one.stdout
     assert "=== the sweep" not in one.stdout
@@ -218,12 +250,17 @@ def _args_8b(tmp_path, *extra):
     return parse_args([*argv, *extra], world_size=world_size)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--tensor-model-parallel-size", "3"],
-     r"--tensor-model-parallel-size 3 x --pipeline-model-parallel-size 1 x --context-parallel-size 1 = 3 "
-     r"does not divide the world size 256"),
-    (["--num-query-groups", "6"], r"--num-query-groups 6 does not divide --num-attention-heads 32"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--tensor-model-parallel-size", "3"],
+            r"--tensor-model-parallel-size 3 x --pipeline-model-parallel-size 1 x --context-parallel-size 1 = 3 "
+            r"does not divide the world size 256",
+        ),
+        (["--num-query-groups", "6"], r"--num-query-groups 6 does not divide --num-attention-heads 32"),
+    ],
+)
 def test_bad_sizes_name_the_flags(tmp_path, extra, message):
     """Sizes that do not divide are rejected by the argument validation, flags named."""
     with pytest.raises(ArgumentError, match=message):
@@ -232,24 +269,38 @@ def test_bad_sizes_name_the_flags(tmp_path, extra, message):
 
 def test_injection_layer_off_a_stage_boundary(tmp_path):
     """With PP the encoder's input X_{L/2} must cross a stage boundary: block 17 must start one."""
-    args = _args_8b(tmp_path, "--pipeline-model-parallel-size", "2",
-                    "--decoder-first-pipeline-num-layers", "12")
+    args = _args_8b(tmp_path, "--pipeline-model-parallel-size", "2", "--decoder-first-pipeline-num-layers", "12")
     with pytest.raises(ArgumentError, match=r"--injection-layer 17 must be the first layer of a pipeline stage"):
         plan(args)
     args = _args_8b(tmp_path, "--pipeline-model-parallel-size", "2")
     assert pipeline_stages(args) == [(0, 16), (16, 32)]
-    args = _args_8b(tmp_path, "--pipeline-model-parallel-size", "2", "--baseline",
-                    "--decoder-first-pipeline-num-layers", "12")
+    args = _args_8b(
+        tmp_path, "--pipeline-model-parallel-size", "2", "--baseline", "--decoder-first-pipeline-num-layers", "12"
+    )
     assert pipeline_stages(args) == [(0, 12), (12, 32)]  # no latent, any split
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--decoder-first-pipeline-num-layers", "12"], r"need --pipeline-model-parallel-size > 1"),
-    (["--pipeline-model-parallel-size", "4", "--decoder-first-pipeline-num-layers", "9"],
-     r"the 23 layers left by --decoder-first-pipeline-num-layers 9 .* do not divide over the 3 other stages"),
-    (["--pipeline-model-parallel-size", "2", "--decoder-first-pipeline-num-layers", "16",
-      "--decoder-last-pipeline-num-layers", "15"], r"must equal --num-layers 32"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--decoder-first-pipeline-num-layers", "12"], r"need --pipeline-model-parallel-size > 1"),
+        (
+            ["--pipeline-model-parallel-size", "4", "--decoder-first-pipeline-num-layers", "9"],
+            r"the 23 layers left by --decoder-first-pipeline-num-layers 9 .* do not divide over the 3 other stages",
+        ),
+        (
+            [
+                "--pipeline-model-parallel-size",
+                "2",
+                "--decoder-first-pipeline-num-layers",
+                "16",
+                "--decoder-last-pipeline-num-layers",
+                "15",
+            ],
+            r"must equal --num-layers 32",
+        ),
+    ],
+)
 def test_uneven_pipeline_flags(tmp_path, extra, message):
     """Bad --decoder-first/last-pipeline-num-layers give one line naming them (megatron asserts), when
     the flags are parsed: for a run as for --dry-run."""
@@ -259,8 +310,11 @@ def test_uneven_pipeline_flags(tmp_path, extra, message):
 
 def test_memory_over_the_gpu_names_the_flags(tmp_path):
     """A micro batch that does not fit 80 GB: the error says how much and which flags to change."""
-    with pytest.raises(ArgumentError, match=r"estimated \d+\.\d GiB per GPU .* exceeds --gpu-memory-gb 80: "
-                                            r"lower --micro-batch-size"):
+    with pytest.raises(
+        ArgumentError,
+        match=r"estimated \d+\.\d GiB per GPU .* exceeds --gpu-memory-gb 80: "
+        r"lower --micro-batch-size",
+    ):
         plan(_args_8b(tmp_path, "--micro-batch-size", "2"))
 
 
@@ -296,7 +350,15 @@ def test_dry_run_prints_the_plan(tmp_path, capsys):
     world_size, argv = printed_args(LAUNCH_DIR / "free_1p5b_47b.sh", tmp_path, task=2)
     assert main([*argv, "--dry-run", "--world-size", str(world_size)]) == 0
     out = capsys.readouterr().out
-    for part in ("parameters", "post-sampler", "training FLOPs per token", "iterations",
-                 "memory per GPU", "activations", "optimizer", "at MFU"):
+    for part in (
+        "parameters",
+        "post-sampler",
+        "training FLOPs per token",
+        "iterations",
+        "memory per GPU",
+        "activations",
+        "optimizer",
+        "at MFU",
+    ):
         assert part in out
     assert re.search(r"^plan: ok train_iters=22412 world_size=32 peak_memory_gib=\d+", out, re.M)

@@ -24,13 +24,15 @@ def _brute_force_kl(logits):
 def test_kl_matches_brute_force(num_bits):
     """Scope: kl_per_token equals the sum over all codes to 1e-10 in float64, |o| up to 30."""
     gen = torch.Generator().manual_seed(num_bits)
-    logits = torch.cat([
-        torch.randn(20, num_bits, generator=gen, dtype=torch.float64),
-        30 * (2 * torch.rand(20, num_bits, generator=gen, dtype=torch.float64) - 1),
-        torch.full((1, num_bits), 30.0, dtype=torch.float64),
-        torch.full((1, num_bits), -30.0, dtype=torch.float64),
-        torch.zeros(1, num_bits, dtype=torch.float64),
-    ])
+    logits = torch.cat(
+        [
+            torch.randn(20, num_bits, generator=gen, dtype=torch.float64),
+            30 * (2 * torch.rand(20, num_bits, generator=gen, dtype=torch.float64) - 1),
+            torch.full((1, num_bits), 30.0, dtype=torch.float64),
+            torch.full((1, num_bits), -30.0, dtype=torch.float64),
+            torch.zeros(1, num_bits, dtype=torch.float64),
+        ]
+    )
     assert_close(kl_per_token(logits), _brute_force_kl(logits), atol=1e-10, rtol=1e-10)
 
 

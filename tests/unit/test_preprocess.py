@@ -93,6 +93,7 @@ def assert_no_output(directory):
 
 # ------------------------------------------------------------------------------------------ output format
 
+
 def test_round_trip_reads_back_token_ids(tmp_path):
     """JSONL -> .bin/.idx -> megatron-core IndexedDataset gives each document's ids + eod, empty doc kept."""
     src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
@@ -121,15 +122,22 @@ def test_bytes_identical_to_megatron_algorithm(tmp_path):
 
 def test_sentencepiece_bytes_identical_to_megatron_tokenizer(tmp_path):
     """A trained sentencepiece model: bytes equal the Megatron algorithm run with megatron-core's own tokenizer."""
-    model = train_tokenizer(TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "sp"),
-                                                    vocab_size=512, input_format="text-files"), log=None)
+    model = train_tokenizer(
+        TokenizerTrainingConfig(
+            inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "sp"), vocab_size=512, input_format="text-files"
+        ),
+        log=None,
+    )
     lines = SHAKESPEARE.read_text(encoding="utf-8").split("\n\n")[:300]
     src = write_jsonl(tmp_path / "plays.jsonl", [{"text": t} for t in lines])
-    _, ours = run(tmp_path, [src], tokenizer_type="SentencePieceTokenizer", tokenizer_model=model, append_eod=True,
-                  workers=2)
+    _, ours = run(
+        tmp_path, [src], tokenizer_type="SentencePieceTokenizer", tokenizer_model=model, append_eod=True, workers=2
+    )
     from megatron.core.tokenizers import MegatronTokenizer
 
-    megatron_tokenizer = MegatronTokenizer.from_pretrained(tokenizer_path=model, metadata_path={"library": "sentencepiece"})
+    megatron_tokenizer = MegatronTokenizer.from_pretrained(
+        tokenizer_path=model, metadata_path={"library": "sentencepiece"}
+    )
     assert ours == megatron_reference(tmp_path, src, megatron_tokenizer, ("text",), append_eod=True)
     assert SentencePieceTokenizer(model).vocab_size == 512
 
@@ -142,40 +150,81 @@ def test_fast_path_bytes_identical_to_megatron_on_real_text_and_hard_cases(tmp_p
 
     from tests.unit.test_fast_tokenizer import HARD_CASES, real_texts
 
-    model = train_tokenizer(TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "sp"),
-                                                    vocab_size=1024, input_format="text-files"), log=None)
+    model = train_tokenizer(
+        TokenizerTrainingConfig(
+            inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "sp"), vocab_size=1024, input_format="text-files"
+        ),
+        log=None,
+    )
     texts = real_texts() + HARD_CASES
     docs = [{"text": t, "title": HARD_CASES[i % len(HARD_CASES)]} for i, t in enumerate(texts)]
-    docs += [{"text": HARD_CASES[i:i + 3], "title": ["", "<s>"]} for i in range(0, len(HARD_CASES), 3)]
+    docs += [{"text": HARD_CASES[i : i + 3], "title": ["", "<s>"]} for i in range(0, len(HARD_CASES), 3)]
     docs += [{"text": "", "title": ""}, {"text": [], "title": [""]}]
     src = write_jsonl(tmp_path / "hard.jsonl", docs)
-    summary, fast = run(tmp_path, [src], name="fast", tokenizer_type="SentencePieceTokenizer", tokenizer_model=model,
-                        json_keys=("text", "title"), append_eod=True, workers=2)
+    summary, fast = run(
+        tmp_path,
+        [src],
+        name="fast",
+        tokenizer_type="SentencePieceTokenizer",
+        tokenizer_model=model,
+        json_keys=("text", "title"),
+        append_eod=True,
+        workers=2,
+    )
     assert summary.empty_documents > 0 and summary.documents == len(docs)
-    megatron_tokenizer = MegatronTokenizer.from_pretrained(tokenizer_path=model, metadata_path={"library": "sentencepiece"})
+    megatron_tokenizer = MegatronTokenizer.from_pretrained(
+        tokenizer_path=model, metadata_path={"library": "sentencepiece"}
+    )
     assert fast == megatron_reference(tmp_path, src, megatron_tokenizer, ("text", "title"), append_eod=True)
-    _, slow = run(tmp_path, [src], name="slow", tokenizer_type="SentencePieceTokenizer", tokenizer_model=model,
-                  json_keys=("text", "title"), append_eod=True, fast_tokenizer=False)
+    _, slow = run(
+        tmp_path,
+        [src],
+        name="slow",
+        tokenizer_type="SentencePieceTokenizer",
+        tokenizer_model=model,
+        json_keys=("text", "title"),
+        append_eod=True,
+        fast_tokenizer=False,
+    )
     assert slow == fast
 
 
 def test_unigram_model_says_it_uses_sentencepiece(tmp_path):
     """A unigram model: one log line saying why, and the bytes of the sentencepiece path."""
-    model = train_tokenizer(TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "uni"),
-                                                    vocab_size=512, input_format="text-files", model_type="unigram"),
-                            log=None)
+    model = train_tokenizer(
+        TokenizerTrainingConfig(
+            inputs=[str(SHAKESPEARE)],
+            model_prefix=str(tmp_path / "uni"),
+            vocab_size=512,
+            input_format="text-files",
+            model_type="unigram",
+        ),
+        log=None,
+    )
     src = write_jsonl(tmp_path / "in.jsonl", DOCS)
     log = io.StringIO()
-    preprocess(PreprocessConfig(inputs=[str(src)], output_prefix=str(tmp_path / "uni"), append_eod=True,
-                                tokenizer_type="SentencePieceTokenizer", tokenizer_model=model), log=log)
+    preprocess(
+        PreprocessConfig(
+            inputs=[str(src)],
+            output_prefix=str(tmp_path / "uni"),
+            append_eod=True,
+            tokenizer_type="SentencePieceTokenizer",
+            tokenizer_model=model,
+        ),
+        log=log,
+    )
     notes = [line for line in log.getvalue().splitlines() if "sentencepiece encodes every document" in line]
     assert len(notes) == 1 and "unigram" in notes[0]
 
 
 def test_lone_surrogate_is_a_file_line_error(tmp_path):
     """A JSON "\\ud800" escape that no tokenizer can encode: one line naming the file and line."""
-    model = train_tokenizer(TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "sp"),
-                                                    vocab_size=512, input_format="text-files"), log=None)
+    model = train_tokenizer(
+        TokenizerTrainingConfig(
+            inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "sp"), vocab_size=512, input_format="text-files"
+        ),
+        log=None,
+    )
     src = tmp_path / "in.jsonl"
     src.write_bytes(b'{"text": "good"}\n' * 3 + b'{"text": "x\\ud800y"}\n' + b'{"text": "good"}\n')
     with pytest.raises(InputError, match=rf"^{src}:4: cannot tokenize"):
@@ -189,8 +238,12 @@ def test_workers_and_partitions_give_identical_bytes(tmp_path):
         write_jsonl(tmp_path / f"shard{i}.jsonl", part)
     glob = tmp_path / "shard*.jsonl"
     _, reference = run(tmp_path, [glob], name="w1", append_eod=True)
-    for name, kwargs in {"w2": dict(workers=2), "p2": dict(partitions=2), "p3w2": dict(partitions=3, workers=2),
-                         "p2w4": dict(partitions=2, workers=4)}.items():
+    for name, kwargs in {
+        "w2": dict(workers=2),
+        "p2": dict(partitions=2),
+        "p3w2": dict(partitions=3, workers=2),
+        "p2w4": dict(partitions=2, workers=4),
+    }.items():
         summary, output = run(tmp_path, [glob], name=name, append_eod=True, **kwargs)
         assert output == reference, name
         assert summary.documents == 700
@@ -218,15 +271,16 @@ def test_text_formats_on_shakespeare(tmp_path):
     text = SHAKESPEARE.read_text(encoding="utf-8")
     lines = text.split("\n")
     summary, _ = run(tmp_path, [SHAKESPEARE], name="lines", input_format="text-lines", append_eod=True, workers=2)
-    assert summary.documents == sum(1 for l in lines if l.strip())
-    assert summary.blank_lines == sum(1 for l in lines if not l.strip()) - (1 if text.endswith("\n") else 0)
+    assert summary.documents == sum(1 for line in lines if line.strip())
+    assert summary.blank_lines == sum(1 for line in lines if not line.strip()) - (1 if text.endswith("\n") else 0)
     dataset = IndexedDataset(summary.outputs["text"])
-    assert bytes(dataset[1][:-1].astype(np.uint8)).decode() == [l for l in lines if l.strip()][1]
+    assert bytes(dataset[1][:-1].astype(np.uint8)).decode() == [line for line in lines if line.strip()][1]
     empty = tmp_path / "__init__.py"
     empty.write_bytes(b"")
     for partitions in (1, 2):
-        summary, _ = run(tmp_path, [SHAKESPEARE, empty], name=f"file{partitions}", input_format="text-files",
-                         partitions=partitions)
+        summary, _ = run(
+            tmp_path, [SHAKESPEARE, empty], name=f"file{partitions}", input_format="text-files", partitions=partitions
+        )
         assert (summary.documents, summary.empty_documents, summary.skipped) == (2, 1, 0)
         assert summary.tokens == len(text.encode("utf-8"))
 
@@ -250,8 +304,16 @@ def test_bad_line_is_a_one_line_error_and_leaves_nothing(tmp_path, capsys, case,
     bad, message = BAD_LINES[case]
     src = tmp_path / "in.jsonl"
     src.write_bytes(b'{"text": "good"}\n' * 3 + bad + b'{"text": "good"}\n' * 3)
-    argv = ["--input", str(src), "--output-prefix", str(tmp_path / "out"), "--tokenizer-type", "ByteTokenizer",
-            "--partitions", str(partitions)]
+    argv = [
+        "--input",
+        str(src),
+        "--output-prefix",
+        str(tmp_path / "out"),
+        "--tokenizer-type",
+        "ByteTokenizer",
+        "--partitions",
+        str(partitions),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {src}:4: {message}") and err.count("\n") == 1, err
@@ -262,7 +324,9 @@ def test_empty_input_is_an_error(tmp_path, capsys):
     """An empty file (alone or in a glob) and an input with no tokens are errors naming the file; nothing written."""
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
-    assert main(["--input", str(empty), "--output-prefix", str(tmp_path / "o"), "--tokenizer-type", "ByteTokenizer"]) == 2
+    assert (
+        main(["--input", str(empty), "--output-prefix", str(tmp_path / "o"), "--tokenizer-type", "ByteTokenizer"]) == 2
+    )
     assert capsys.readouterr().err == f"error: {empty}:1: empty input (no documents)\n"
     no_tokens = write_jsonl(tmp_path / "blank.jsonl", [{"text": ""}] * 3)
     with pytest.raises(InputError, match="empty input: no tokens under key 'text'"):
@@ -285,13 +349,25 @@ def test_skip_bad_lines_counts_them(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     _, reference = run(tmp_path, [clean], name="clean")
     for partitions in (1, 2):
-        summary, output = run(tmp_path, [dirty, tmp_path / "empty.txt"], name=f"dirty{partitions}",
-                              skip_bad_lines=True, partitions=partitions)
+        summary, output = run(
+            tmp_path,
+            [dirty, tmp_path / "empty.txt"],
+            name=f"dirty{partitions}",
+            skip_bad_lines=True,
+            partitions=partitions,
+        )
         assert output == reference
         assert (summary.documents, summary.skipped) == (30, len(BAD_LINES) + 1)
     log = io.StringIO()
-    preprocess(PreprocessConfig(inputs=[str(dirty)], output_prefix=str(tmp_path / "logged"),
-                                tokenizer_type="ByteTokenizer", skip_bad_lines=True), log=log)
+    preprocess(
+        PreprocessConfig(
+            inputs=[str(dirty)],
+            output_prefix=str(tmp_path / "logged"),
+            tokenizer_type="ByteTokenizer",
+            skip_bad_lines=True,
+        ),
+        log=log,
+    )
     assert log.getvalue().count("(skipped)") == len(BAD_LINES)
     assert f"30 documents (0 empty), {reference_tokens(reference)} tokens, {len(BAD_LINES)} skipped" in log.getvalue()
 
@@ -305,9 +381,21 @@ def test_bad_line_in_worker_process_and_cli_subprocess(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_bytes(b'{"text": "good"}\n' * 100 + b'{"oops": 1}\n')
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(src), "--output-prefix",
-         str(tmp_path / "out"), "--tokenizer-type", "ByteTokenizer", "--workers", "2"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "tools" / "preprocess_data.py"),
+            "--input",
+            str(src),
+            "--output-prefix",
+            str(tmp_path / "out"),
+            "--tokenizer-type",
+            "ByteTokenizer",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == f"error: {src}:101: missing key 'text'"
@@ -326,6 +414,7 @@ def test_corrupt_gzip_is_a_file_line_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ interruption
+
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch, workers):
@@ -351,9 +440,23 @@ def test_sigterm_mid_run_cleans_up(tmp_path):
     """SIGTERM to the CLI while partition processes and their workers write: exit 143, nothing and no process left."""
     src = write_jsonl(tmp_path / "in.jsonl", many_docs(300_000))
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(src), "--output-prefix",
-         str(tmp_path / "out"), "--tokenizer-type", "ByteTokenizer", "--partitions", "2", "--workers", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(REPO / "tools" / "preprocess_data.py"),
+            "--input",
+            str(src),
+            "--output-prefix",
+            str(tmp_path / "out"),
+            "--tokenizer-type",
+            "ByteTokenizer",
+            "--partitions",
+            "2",
+            "--workers",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 600
     while len(list(tmp_path.glob(".out.tmp-*/part*_text.bin"))) < 2 and time.monotonic() < deadline:
@@ -403,17 +506,26 @@ def test_crash_between_renames_leaves_no_valid_pair(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ reporting
 
+
 class FakeTerminal(io.StringIO):
     def isatty(self):
         return True
 
 
 def test_progress_terminal_and_log_lines(tmp_path):
-    """A redrawn line on a terminal, plain periodic lines otherwise; the summary names documents/tokens/skipped/seconds."""
+    """A redrawn line on a terminal, plain periodic lines otherwise; the summary names
+    documents/tokens/skipped/seconds."""
     src = write_jsonl(tmp_path / "in.jsonl", many_docs(600))
     log = io.StringIO()
-    preprocess(PreprocessConfig(inputs=[str(src)], output_prefix=str(tmp_path / "a"), tokenizer_type="ByteTokenizer",
-                                log_interval_seconds=0.0), log=log)
+    preprocess(
+        PreprocessConfig(
+            inputs=[str(src)],
+            output_prefix=str(tmp_path / "a"),
+            tokenizer_type="ByteTokenizer",
+            log_interval_seconds=0.0,
+        ),
+        log=log,
+    )
     lines = log.getvalue().splitlines()
     assert len(lines) >= 2 and "\r" not in log.getvalue()
     assert "docs/s" in lines[0] and "tokens/s" in lines[0] and "MB/s" in lines[0]
@@ -424,7 +536,8 @@ def test_progress_terminal_and_log_lines(tmp_path):
     progress.last -= 1.0  # a terminal redraws every 0.1 s, whatever the log interval
     progress.progress(pp.Counts(documents=5, tokens=70, input_bytes=50, skipped=1))
     assert terminal.getvalue().startswith("\r\033[K5 docs, 70 tokens | ") and terminal.getvalue().endswith(
-        "MB/s | 25% | 1 skipped")
+        "MB/s | 25% | 1 skipped"
+    )
     progress.warning("x.jsonl:3: missing key 'text' (skipped)")
     assert terminal.getvalue().endswith("\r\033[Kwarning: x.jsonl:3: missing key 'text' (skipped)\n")
 
@@ -435,8 +548,13 @@ def test_config_errors_name_the_flag(tmp_path):
     with pytest.raises(InputError, match="--workers 0"):
         PreprocessConfig(inputs=[src], output_prefix="o", tokenizer_type="ByteTokenizer", workers=0)
     with pytest.raises(InputError, match="--input-format text-lines has one text"):
-        PreprocessConfig(inputs=[src], output_prefix="o", tokenizer_type="ByteTokenizer", input_format="text-lines",
-                         json_keys=("a", "b"))
+        PreprocessConfig(
+            inputs=[src],
+            output_prefix="o",
+            tokenizer_type="ByteTokenizer",
+            input_format="text-lines",
+            json_keys=("a", "b"),
+        )
     with pytest.raises(InputError, match="--tokenizer-model .*missing.model"):
         run(tmp_path, [src], tokenizer_type="SentencePieceTokenizer", tokenizer_model=str(tmp_path / "missing.model"))
     assert_no_output(tmp_path)

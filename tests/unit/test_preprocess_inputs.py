@@ -52,8 +52,14 @@ def sharded_then_merged(tmp_path, inputs, num_shards, name, **kwargs):
     """Run every shard, check each opens as a Megatron dataset, merge them; {key: (bin, idx)} of the merge."""
     keys = kwargs.get("json_keys", ("text",))
     for i in range(num_shards):
-        config = PreprocessConfig(inputs=[str(p) for p in inputs], output_prefix=str(tmp_path / name),
-                                  shard_index=i, num_shards=num_shards, tokenizer_type="ByteTokenizer", **kwargs)
+        config = PreprocessConfig(
+            inputs=[str(p) for p in inputs],
+            output_prefix=str(tmp_path / name),
+            shard_index=i,
+            num_shards=num_shards,
+            tokenizer_type="ByteTokenizer",
+            **kwargs,
+        )
         summary = preprocess(config, log=None)
         for prefix in summary.outputs.values():
             assert prefix.endswith(f"-{i:05d}-of-{num_shards:05d}_{keys[0]}_document") or len(keys) > 1
@@ -62,8 +68,10 @@ def sharded_then_merged(tmp_path, inputs, num_shards, name, **kwargs):
     merged = {}
     for key in keys:
         out = str(tmp_path / f"{name}_merged_{key}")
-        assert merge_datasets.main(["--input", str(tmp_path / f"{name}-*-of-*_{key}_document"),
-                                    "--output-prefix", out]) == 0
+        assert (
+            merge_datasets.main(["--input", str(tmp_path / f"{name}-*-of-*_{key}_document"), "--output-prefix", out])
+            == 0
+        )
         merged[key] = (Path(out + ".bin").read_bytes(), Path(out + ".idx").read_bytes())
     return merged
 
@@ -77,16 +85,21 @@ def test_four_shards_merged_equal_a_single_run(tmp_path):
     inputs = [tmp_path / "*.jsonl*"]
     _, single = run(tmp_path, inputs, name="single", json_keys=("text", "title"), append_eod=True)
     for num_shards in (4, 7):
-        merged = sharded_then_merged(tmp_path, inputs, num_shards, f"s{num_shards}", json_keys=("text", "title"),
-                                     append_eod=True)
+        merged = sharded_then_merged(
+            tmp_path, inputs, num_shards, f"s{num_shards}", json_keys=("text", "title"), append_eod=True
+        )
         assert merged == single
 
 
 def test_text_lines_shards_and_partitions(tmp_path):
     """text-lines on Shakespeare: 4 shards (blank lines at the cuts) and --partitions inside a shard."""
     _, single = run(tmp_path, [SHAKESPEARE], name="single", input_format="text-lines", append_eod=True)
-    assert sharded_then_merged(tmp_path, [SHAKESPEARE], 4, "lines", input_format="text-lines", append_eod=True,
-                               partitions=3, workers=2) == single
+    assert (
+        sharded_then_merged(
+            tmp_path, [SHAKESPEARE], 4, "lines", input_format="text-lines", append_eod=True, partitions=3, workers=2
+        )
+        == single
+    )
 
 
 def test_shard_plan_is_a_partition_of_the_records(tmp_path):
@@ -108,10 +121,16 @@ def test_parquet_input_streams_row_groups(tmp_path, monkeypatch):
     """Parquet: the bytes of the same documents as JSONL; only the shard's row groups are read, in batches."""
     docs = shakespeare_docs()
     parquet = write_parquet(tmp_path / "plays.parquet", docs, row_group_size=500)
-    _, from_jsonl = run(tmp_path, [write_jsonl(tmp_path / "plays.jsonl", docs)], name="jsonl",
-                        json_keys=("text", "title"), append_eod=True)
-    _, from_parquet = run(tmp_path, [parquet], name="pq", input_format="parquet", json_keys=("text", "title"),
-                          append_eod=True, workers=2)
+    _, from_jsonl = run(
+        tmp_path,
+        [write_jsonl(tmp_path / "plays.jsonl", docs)],
+        name="jsonl",
+        json_keys=("text", "title"),
+        append_eod=True,
+    )
+    _, from_parquet = run(
+        tmp_path, [parquet], name="pq", input_format="parquet", json_keys=("text", "title"), append_eod=True, workers=2
+    )
     assert from_parquet == from_jsonl
     read_groups = []
     real_iter_batches = pq.ParquetFile.iter_batches
@@ -121,8 +140,9 @@ def test_parquet_input_streams_row_groups(tmp_path, monkeypatch):
         return real_iter_batches(self, *args, **kwargs)
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", iter_batches)
-    merged = sharded_then_merged(tmp_path, [parquet], 4, "pqs", input_format="parquet", json_keys=("text", "title"),
-                                 append_eod=True)
+    merged = sharded_then_merged(
+        tmp_path, [parquet], 4, "pqs", input_format="parquet", json_keys=("text", "title"), append_eod=True
+    )
     assert merged == from_jsonl
     groups = pq.ParquetFile(parquet).metadata.num_row_groups
     assert groups > 4 and len(read_groups) <= groups + 3  # each group once, plus those cut by a shard boundary
@@ -155,8 +175,21 @@ def test_columnar_bad_rows_name_file_and_row(tmp_path, capsys):
     """A null or non-string value, a missing column: one line naming the file (and the row); nothing written."""
     rows = [{"text": "good", "n": 1}] * 10
     bad = write_parquet(tmp_path / "bad.parquet", rows[:7] + [{"text": None, "n": 1}] + rows[:2], row_group_size=4)
-    assert main(["--input", str(bad), "--input-format", "parquet", "--output-prefix", str(tmp_path / "o"),
-                 "--tokenizer-type", "ByteTokenizer"]) == 2
+    assert (
+        main(
+            [
+                "--input",
+                str(bad),
+                "--input-format",
+                "parquet",
+                "--output-prefix",
+                str(tmp_path / "o"),
+                "--tokenizer-type",
+                "ByteTokenizer",
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err == f"error: {bad}: row 7: column 'text' is null\n"
     with pytest.raises(InputError, match=r"bad.parquet: no column 'body' \(--json-keys; columns: text, n\)"):
         run(tmp_path, [bad], input_format="parquet", json_keys=("body",))
@@ -167,27 +200,56 @@ def test_columnar_bad_rows_name_file_and_row(tmp_path, capsys):
     (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(InputError, match="junk.parquet: not a readable parquet file"):
         run(tmp_path, [tmp_path / "junk.parquet"], input_format="parquet")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet", "junk.parquet", "skipped_text_document.bin",
-                                                          "skipped_text_document.idx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.parquet",
+        "junk.parquet",
+        "skipped_text_document.bin",
+        "skipped_text_document.idx",
+    ]
 
 
 def test_bad_line_in_a_later_shard_names_its_line_in_the_file(tmp_path, capsys):
     """A shard starting mid-file still reports path:line counted from the top of the file."""
     src = tmp_path / "in.jsonl"
     src.write_bytes(b'{"text": "good"}\n' * 900 + b'{"oops": 1}\n' + b'{"text": "good"}\n' * 99)
-    codes = [main(["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer-type", "ByteTokenizer",
-                   "--shard-index", str(i), "--num-shards", "4"]) for i in range(4)]
+    codes = [
+        main(
+            [
+                "--input",
+                str(src),
+                "--output-prefix",
+                str(tmp_path / "o"),
+                "--tokenizer-type",
+                "ByteTokenizer",
+                "--shard-index",
+                str(i),
+                "--num-shards",
+                "4",
+            ]
+        )
+        for i in range(4)
+    ]
     assert codes == [0, 0, 0, 2]
     assert capsys.readouterr().err.splitlines()[-1] == f"error: {src}:901: missing key 'text'"
-    assert sorted(p.name for p in tmp_path.glob("o-*")) == [f"o-{i:05d}-of-00004_text_document.{s}"
-                                                          for i in range(3) for s in ("bin", "idx")]
+    assert sorted(p.name for p in tmp_path.glob("o-*")) == [
+        f"o-{i:05d}-of-00004_text_document.{s}" for i in range(3) for s in ("bin", "idx")
+    ]
 
 
 def test_rerunning_one_shard_rewrites_only_that_shard(tmp_path, monkeypatch):
     """A shard that crashed mid-write leaves nothing of itself (older outputs intact); rerunning it touches no other."""
     src = write_jsonl(tmp_path / "in.jsonl", many_docs(2000))
-    argv = ["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer-type", "ByteTokenizer",
-            "--num-shards", "4", "--shard-index"]
+    argv = [
+        "--input",
+        str(src),
+        "--output-prefix",
+        str(tmp_path / "o"),
+        "--tokenizer-type",
+        "ByteTokenizer",
+        "--num-shards",
+        "4",
+        "--shard-index",
+    ]
     for i in (0, 1, 3):
         assert main(argv + [str(i)]) == 0
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("o-*")}
@@ -203,18 +265,25 @@ def test_rerunning_one_shard_rewrites_only_that_shard(tmp_path, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("o-*")} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     with pytest.raises(InputError, match=r"1 of 4 shards missing, e\.g\. .*o-00002-of-00004_text_document"):
-        merge_datasets.merge_datasets(merge_datasets.resolve_datasets([str(tmp_path / "o-*_text_document")]),
-                                      str(tmp_path / "m"))
+        merge_datasets.merge_datasets(
+            merge_datasets.resolve_datasets([str(tmp_path / "o-*_text_document")]), str(tmp_path / "m")
+        )
     monkeypatch.setattr(IndexedDatasetWriter, "finalize", real_finalize)
     time.sleep(0.01)
     assert main(argv + ["2"]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("o-*")}
     assert {n: t for n, t in after.items() if "00002" not in n} == before
     _, single = run(tmp_path, [src], name="single")
-    assert merge_datasets.main(["--input", str(tmp_path / "o-*_text_document"), "--output-prefix",
-                                str(tmp_path / "merged")]) == 0
-    assert (Path(str(tmp_path / "merged") + ".bin").read_bytes(), Path(str(tmp_path / "merged") + ".idx").read_bytes()) \
-        == single["text"]
+    assert (
+        merge_datasets.main(
+            ["--input", str(tmp_path / "o-*_text_document"), "--output-prefix", str(tmp_path / "merged")]
+        )
+        == 0
+    )
+    assert (
+        Path(str(tmp_path / "merged") + ".bin").read_bytes(),
+        Path(str(tmp_path / "merged") + ".idx").read_bytes(),
+    ) == single["text"]
 
 
 def test_merge_command_errors_and_order(tmp_path, capsys):
@@ -241,7 +310,15 @@ def test_empty_shard_is_written_and_said(tmp_path):
 
     src = write_jsonl(tmp_path / "only.jsonl.gz", many_docs(30))
     log = io.StringIO()
-    summary = preprocess(PreprocessConfig(inputs=[str(src)], output_prefix=str(tmp_path / "o"), shard_index=1,
-                                          num_shards=2, tokenizer_type="ByteTokenizer"), log=log)
+    summary = preprocess(
+        PreprocessConfig(
+            inputs=[str(src)],
+            output_prefix=str(tmp_path / "o"),
+            shard_index=1,
+            num_shards=2,
+            tokenizer_type="ByteTokenizer",
+        ),
+        log=log,
+    )
     assert summary.documents == 0 and "leave it out of a --data-path blend" in log.getvalue()
     assert plan_parts([str(src)], "jsonl", shard_ranges(src.stat().st_size, 2, 0)) == [[Part(0, "whole")]]

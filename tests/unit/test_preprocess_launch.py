@@ -16,13 +16,20 @@ def script(env, *args):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     clean["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), clean.get("PATH", "")])
     clean.update(env)
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=clean, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=REPO, env=clean, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_array_tasks_then_merge_equal_a_single_run(tmp_path):
-    base = dict(INPUT=str(SHAKESPEARE), INPUT_FORMAT="text-lines", OUTPUT_PREFIX=str(tmp_path / "plays"),
-                TOKENIZER_TYPE="ByteTokenizer", WORKERS="2", SLURM_ARRAY_TASK_COUNT="4")
+    base = dict(
+        INPUT=str(SHAKESPEARE),
+        INPUT_FORMAT="text-lines",
+        OUTPUT_PREFIX=str(tmp_path / "plays"),
+        TOKENIZER_TYPE="ByteTokenizer",
+        WORKERS="2",
+        SLURM_ARRAY_TASK_COUNT="4",
+    )
     for task in range(4):
         result = script(dict(base, SLURM_ARRAY_TASK_ID=str(task)))
         assert result.returncode == 0, result.stderr

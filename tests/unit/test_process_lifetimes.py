@@ -48,8 +48,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_forks_die_with_the_process_that_forked_them():
-    trainer = subprocess.Popen([sys.executable, "-c", _TRAINER], cwd=REPO, stdout=subprocess.PIPE,
-                               text=True)
+    trainer = subprocess.Popen([sys.executable, "-c", _TRAINER], cwd=REPO, stdout=subprocess.PIPE, text=True)
     *pids, survived_its_thread = trainer.stdout.readline().split()  # the forks hold the pipe open
     pids = [int(pid) for pid in pids]
     trainer.wait(timeout=60)

@@ -15,7 +15,8 @@ from megatron_free.data.tokenizers import (
     build_tokenizer,
     vocab_size_with_padding,
 )
-from megatron_free.data.train_tokenizer import TokenizerTrainingConfig, main as train_main, train_tokenizer
+from megatron_free.data.train_tokenizer import TokenizerTrainingConfig, train_tokenizer
+from megatron_free.data.train_tokenizer import main as train_main
 
 SHAKESPEARE = Path(__file__).parents[2] / "data" / "tinyshakespeare.txt"
 
@@ -24,8 +25,9 @@ SHAKESPEARE = Path(__file__).parents[2] / "data" / "tinyshakespeare.txt"
 def shakespeare_model(tmp_path_factory):
     """A 512-piece BPE model trained on tinyshakespeare (under a second)."""
     prefix = tmp_path_factory.mktemp("tok") / "shakespeare"
-    config = TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(prefix), vocab_size=512,
-                                     input_format="text-files", seed=7)
+    config = TokenizerTrainingConfig(
+        inputs=[str(SHAKESPEARE)], model_prefix=str(prefix), vocab_size=512, input_format="text-files", seed=7
+    )
     return Path(train_tokenizer(config, log=None))
 
 
@@ -81,17 +83,25 @@ def test_huggingface_tokenizer_errors(tmp_path):
 
 
 def test_huggingface_tokenizer_matches_megatron_core(tmp_path):
-    """A local HF tokenizer folder: ids, eod and vocab size as megatron-core's HuggingFaceTokenizer; usable by preprocess."""
+    """A local HF tokenizer folder: ids, eod and vocab size as megatron-core's HuggingFaceTokenizer; usable by
+    preprocess."""
     transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[hf]')")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.train([str(SHAKESPEARE)], trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|bos|>"],
-                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
-                                         bos_token="<|bos|>").save_pretrained(tmp_path / "hf")
+    backend.train(
+        [str(SHAKESPEARE)],
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|endoftext|>", "<|bos|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|bos|>"
+    ).save_pretrained(tmp_path / "hf")
     tok = build_tokenizer("HuggingFaceTokenizer", str(tmp_path / "hf"))
     assert (tok.vocab_size, tok.eod, tok.bos) == (400, 0, 1)
     with warnings.catch_warnings():
@@ -99,8 +109,9 @@ def test_huggingface_tokenizer_matches_megatron_core(tmp_path):
         from megatron.core.tokenizers import MegatronTokenizer
     # use_fast: megatron-core's default (slow) tokenizer cannot be built from a tokenizer.json-only folder
     # by transformers 4.x (AutoTokenizer returns False); ours is the fast one too.
-    reference = MegatronTokenizer.from_pretrained(tokenizer_path=str(tmp_path / "hf"),
-                                                  metadata_path={"library": "huggingface"}, use_fast=True)
+    reference = MegatronTokenizer.from_pretrained(
+        tokenizer_path=str(tmp_path / "hf"), metadata_path={"library": "huggingface"}, use_fast=True
+    )
     text = SHAKESPEARE.read_text(encoding="utf-8")[:5000] + " é 日本\n"
     assert tok.tokenize(text) == reference.tokenize(text)
     assert (tok.eod, tok.vocab_size) == (reference.eod, reference.vocab_size)
@@ -109,15 +120,32 @@ def test_huggingface_tokenizer_matches_megatron_core(tmp_path):
     from megatron_free.data.preprocess import PreprocessConfig, preprocess
 
     (tmp_path / "lines.txt").write_text(text, encoding="utf-8")
-    summary = preprocess(PreprocessConfig(inputs=[str(tmp_path / "lines.txt")], output_prefix=str(tmp_path / "out"),
-                                          tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(tmp_path / "hf"),
-                                          input_format="text-lines", append_eod=True, workers=2), log=None)
+    summary = preprocess(
+        PreprocessConfig(
+            inputs=[str(tmp_path / "lines.txt")],
+            output_prefix=str(tmp_path / "out"),
+            tokenizer_type="HuggingFaceTokenizer",
+            tokenizer_model=str(tmp_path / "hf"),
+            input_format="text-lines",
+            append_eod=True,
+            workers=2,
+        ),
+        log=None,
+    )
     assert summary.documents == sum(1 for line in text.split("\n") if line.strip()) and summary.skipped == 0
 
 
-@pytest.mark.parametrize("vocab,divisible,tp,expected",
-                         [(50257, 128, 1, 50304), (50257, 128, 8, 51200), (512, 128, 1, 512), (30, 128, 2, 256),
-                          (131072, 128, 4, 131072), (32000, 64, 3, 32064)])
+@pytest.mark.parametrize(
+    "vocab,divisible,tp,expected",
+    [
+        (50257, 128, 1, 50304),
+        (50257, 128, 8, 51200),
+        (512, 128, 1, 512),
+        (30, 128, 2, 256),
+        (131072, 128, 4, 131072),
+        (32000, 64, 3, 32064),
+    ],
+)
 def test_vocab_size_with_padding(vocab, divisible, tp, expected):
     """vocab_size_with_padding matches Megatron-LM's int(math.ceil(v / m) * m)."""
     import math
@@ -133,8 +161,9 @@ def test_sentencepiece_matches_megatron_core(shakespeare_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from megatron.core.tokenizers import MegatronTokenizer
-    reference = MegatronTokenizer.from_pretrained(tokenizer_path=str(shakespeare_model),
-                                                  metadata_path={"library": "sentencepiece"})
+    reference = MegatronTokenizer.from_pretrained(
+        tokenizer_path=str(shakespeare_model), metadata_path={"library": "sentencepiece"}
+    )
     text = SHAKESPEARE.read_text(encoding="utf-8")[:20000] + "\n  digits 0123 and é 日本\t"
     assert tok.tokenize(text) == reference.tokenize(text)
     assert tok.eod == reference.eod and tok.vocab_size == reference.vocab_size
@@ -144,8 +173,13 @@ def test_sentencepiece_matches_megatron_core(shakespeare_model):
 
 def test_train_tokenizer_is_reproducible(tmp_path, shakespeare_model):
     """train_tokenizer: same inputs and seed give the same .model bytes; byte fallback and split digits are on."""
-    config = TokenizerTrainingConfig(inputs=[str(SHAKESPEARE)], model_prefix=str(tmp_path / "again"), vocab_size=512,
-                                     input_format="text-files", seed=7)
+    config = TokenizerTrainingConfig(
+        inputs=[str(SHAKESPEARE)],
+        model_prefix=str(tmp_path / "again"),
+        vocab_size=512,
+        input_format="text-files",
+        seed=7,
+    )
     again = Path(train_tokenizer(config, log=None))
     assert again.read_bytes() == shakespeare_model.read_bytes()
     assert (tmp_path / "again.vocab").read_text(encoding="utf-8").splitlines()[:3] == ["<unk>\t0", "<s>\t0", "</s>\t0"]

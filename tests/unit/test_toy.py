@@ -60,16 +60,19 @@ def test_parse_recovers_the_position(samples):
             assert p < s.position and all(s.position - k - 1 in s.noise for k in range(s.position - p))
 
 
-@pytest.mark.parametrize("text", [
-    "K>" + "_" * 64 + "_",  # too long
-    "K>" + "_" * 64,  # no run
-    "k>" + "_" * 10 + "k" * 8 + "_" * 46,  # not a capital letter
-    "K<" + "_" * 10 + "K" * 8 + "_" * 46,  # prompt without ">"
-    "K>" + "_" * 10 + "Q" * 8 + "_" * 46,  # another letter
-    "K>" + "_" * 10 + "K" * 8 + "_" * 10 + "K" + "_" * 35,  # a second run
-    "K>" + "_" * 10 + "KKK_KKKK" + "_" * 46,  # a blank inside the run
-    "K>" + "_" * 10 + "K" * 9 + "_" * 45,  # a run of 9
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "K>" + "_" * 64 + "_",  # too long
+        "K>" + "_" * 64,  # no run
+        "k>" + "_" * 10 + "k" * 8 + "_" * 46,  # not a capital letter
+        "K<" + "_" * 10 + "K" * 8 + "_" * 46,  # prompt without ">"
+        "K>" + "_" * 10 + "Q" * 8 + "_" * 46,  # another letter
+        "K>" + "_" * 10 + "K" * 8 + "_" * 10 + "K" + "_" * 35,  # a second run
+        "K>" + "_" * 10 + "KKK_KKKK" + "_" * 46,  # a blank inside the run
+        "K>" + "_" * 10 + "K" * 9 + "_" * 45,  # a run of 9
+    ],
+)
 def test_parse_rejects_malformed(text):
     """Malformed texts (length, prompt, foreign letters, two runs, a gap) give None."""
     assert parse_toy_sample(text) is None

@@ -18,15 +18,25 @@ def toy():
 
 
 def measures(well_formed=0.95, position=0.02, distance=19.0, noise=0.03):
-    return {"groups": [["K>" + "_" * 64] * 2], "well_formed": well_formed, "position_agreement": position,
-            "position_distance": distance, "noise_identical": 0.0, "noise_jaccard": noise, "pairs": 28}
+    return {
+        "groups": [["K>" + "_" * 64] * 2],
+        "well_formed": well_formed,
+        "position_agreement": position,
+        "position_distance": distance,
+        "noise_identical": 0.0,
+        "noise_jaccard": noise,
+        "pairs": 28,
+    }
 
 
 def run(kappa, independent, shared, kl=None):
-    validation = {"lm loss": 0.29} if kappa is None else {"kl": kl, "posterior lm loss": 0.25,
-                                                          "prior lm loss": 0.3}
-    return {"kappa": kappa, "train": {"validation": validation, "ms_per_iteration": 400.0},
-            "independent": independent, "shared": shared}
+    validation = {"lm loss": 0.29} if kappa is None else {"kl": kl, "posterior lm loss": 0.25, "prior lm loss": 0.3}
+    return {
+        "kappa": kappa,
+        "train": {"validation": validation, "ms_per_iteration": 400.0},
+        "independent": independent,
+        "shared": shared,
+    }
 
 
 def paper_like_results():
@@ -36,8 +46,9 @@ def paper_like_results():
         "kappa=1/64": run(1 / 64, measures(), measures(), kl=0.01),
         "kappa=1/8": run(1 / 8, measures(), measures(position=0.9, distance=0.5), kl=0.1),
         "kappa=1": run(1.0, measures(), measures(position=0.95, distance=0.2, noise=0.8), kl=0.9),
-        "kappa=8": run(8.0, measures(well_formed=0.3), measures(well_formed=0.35, position=1.0, distance=0.0,
-                                                                noise=0.95), kl=7.9),
+        "kappa=8": run(
+            8.0, measures(well_formed=0.3), measures(well_formed=0.35, position=1.0, distance=0.0, noise=0.95), kl=7.9
+        ),
     }
 
 
@@ -71,21 +82,39 @@ def test_training_log_numbers_are_read(toy, tmp_path):
         "[2026-12-02 12:27:30] validation at iteration 1000 | iwae lm loss: 3.5E-01 | kl: 1.2E-01 | "
         "posterior lm loss: 3.02E-01 | prior lm loss: 3.03E-01\n"
         "[2026-12-02 12:27:31] iteration      200/    8000 | elapsed time per iteration (ms): 189.8 | lm loss: 5E-01\n"
-        "  last validation (iteration 8000): iwae lm loss: 1E-01 | kl: 1E-01\n")
+        "  last validation (iteration 8000): iwae lm loss: 1E-01 | kl: 1E-01\n"
+    )
     parsed = toy.parse_train_log(log)
-    assert parsed["validation"] == {"iteration": 1000, "iwae lm loss": 0.35, "kl": 0.12,
-                                    "posterior lm loss": 0.302, "prior lm loss": 0.303}
+    assert parsed["validation"] == {
+        "iteration": 1000,
+        "iwae lm loss": 0.35,
+        "kl": 0.12,
+        "posterior lm loss": 0.302,
+        "prior lm loss": 0.303,
+    }
     assert parsed["ms_per_iteration"] == pytest.approx(200.0)
 
 
 def test_report_and_figures_are_written(toy, tmp_path):
     pytest.importorskip("matplotlib")
     results = paper_like_results()
-    meta = {"date": "2026-11-23", "machine": "2 CPU cores", "command": "python examples/toy_experiment.py",
-            "wall_minutes": 21.8, "reuse_minutes": None, "layers": 4, "hidden": 64, "latent_bits": 9,
-            "train_iters": 3000, "batch": 16, "lr": 0.006, "groups": 1, "group_size": 2,
-            "seconds": {f"{name} {kind}": 1.0 for name in results for kind in ("train", "evaluate")},
-            "notes": "notes"}
+    meta = {
+        "date": "2026-11-23",
+        "machine": "2 CPU cores",
+        "command": "python examples/toy_experiment.py",
+        "wall_minutes": 21.8,
+        "reuse_minutes": None,
+        "layers": 4,
+        "hidden": 64,
+        "latent_bits": 9,
+        "train_iters": 3000,
+        "batch": 16,
+        "lr": 0.006,
+        "groups": 1,
+        "group_size": 2,
+        "seconds": {f"{name} {kind}": 1.0 for name in results for kind in ("train", "evaluate")},
+        "notes": "notes",
+    }
     out = tmp_path / "toy"
     out.mkdir()
     toy.samples_figure(results, out / "samples.png")

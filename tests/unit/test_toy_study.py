@@ -19,7 +19,7 @@ from megatron_free.inference.toy_study import (
 def make(letter="K", position=0, noise=(), run=8):
     """A toy text: the run of ``run`` letters at ``position``, "!" at the ``noise`` body indices."""
     body = ["_"] * 64
-    body[position:position + run] = letter * run
+    body[position : position + run] = letter * run
     for i in noise:
         body[i] = "!"
     return f"{letter}>" + "".join(body)
@@ -35,11 +35,11 @@ def test_well_formed_rate():
     """Right length, one run of the prompt's letter (noise allowed inside it), nothing else."""
     good = [make(position=3), make(position=56, noise=(56, 10))]
     bad = [
-        make(position=3)[:-1],            # 65 characters
-        make(position=3, run=7),          # a run of 7 with blanks on both sides
-        make(position=3, run=9),          # a run of 9
-        make(position=3).replace("_", "Q", 1),   # another letter
-        "K>" + "_" * 64,                  # no target
+        make(position=3)[:-1],  # 65 characters
+        make(position=3, run=7),  # a run of 7 with blanks on both sides
+        make(position=3, run=9),  # a run of 9
+        make(position=3).replace("_", "Q", 1),  # another letter
+        "K>" + "_" * 64,  # no target
     ]
     assert well_formed_rate(good) == 1.0
     assert well_formed_rate(bad) == 0.0
@@ -89,7 +89,7 @@ def test_noise_agreement():
 def test_independent_samples_of_the_task_rarely_agree():
     """Data samples are independent: positions agree ~1/57 of the time, noise patterns almost never."""
     texts = [generate_toy_sample((1, i)).text for i in range(400)]
-    groups = [texts[i:i + 8] for i in range(0, len(texts), 8)]
+    groups = [texts[i : i + 8] for i in range(0, len(texts), 8)]
     summary = summarize_groups(groups)
     assert summary["samples"] == 400 and summary["pairs"] == 50 * 28
     assert summary["well_formed"] == 1.0

@@ -17,7 +17,8 @@ Model (L blocks, H latent bits, C = 2^H codes), as the megatron model that train
   blocks L/2+2 .. L, final RMSNorm, lm_head.
 
 Where each token's code comes from (``latent_mode``):
-  "posterior" (default; config.default_latent_mode can make "prior" the default): the first forward of a sequence (the prompt, no cache yet, no codes known) runs
+  "posterior" (default; config.default_latent_mode can make "prior" the default): the first forward of a
+  sequence (the prompt, no cache yet, no codes known) runs
       the encoder over it, non-causal over the prompt only; every later token gets a fresh uniform code.
   "prior": every token a uniform code.
   "given": ``latent_codes`` [b, s_total] (columns aligned with input_ids, padding included) gives every
@@ -90,8 +91,9 @@ class FreeTransformerRMSNorm(nn.Module):
 
 def _rotary_cos_sin(position_ids, head_dim, theta, dtype):
     """RoPE as HF Llama (non-interleaved, rotate_half): cos, sin [b, s, head_dim]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device)
-                                / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim)
+    )
     freqs = position_ids[..., None].float() * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -161,8 +163,7 @@ class FreeTransformerDecoderLayer(nn.Module):
     def forward(self, hidden_states, cos, sin, mask, is_causal, cache=None, kv_input=None):
         normed = self.input_layernorm(hidden_states)
         kv_normed = normed if kv_input is None else self.input_layernorm(kv_input)
-        hidden_states = hidden_states + self.self_attn(
-            normed, kv_normed, cos, sin, mask, is_causal, cache)
+        hidden_states = hidden_states + self.self_attn(normed, kv_normed, cos, sin, mask, is_causal, cache)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
@@ -233,8 +234,7 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
     def __init__(self, config: FreeTransformerConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            FreeTransformerDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(FreeTransformerDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.latent = FreeTransformerLatent(config)
         self.norm = FreeTransformerRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_init()
@@ -266,8 +266,9 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
         device = hidden.device
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if cache is not None and not isinstance(cache, Cache):
-            raise TypeError(f"{CACHE_NAME} must be a transformers Cache (e.g. DynamicCache), "
-                            f"got {type(cache).__name__}")
+            raise TypeError(
+                f"{CACHE_NAME} must be a transformers Cache (e.g. DynamicCache), got {type(cache).__name__}"
+            )
         if use_cache and cache is None:
             cache = DynamicCache()
         past = cache.get_seq_length() if cache is not None else 0
@@ -276,8 +277,10 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
 
         if attention_mask is not None:
             if attention_mask.dim() != 2 or attention_mask.shape[1] != past + s:
-                raise ValueError(f"attention_mask must be 2D [b, {past + s}] (cached + new tokens), "
-                                 f"got shape {tuple(attention_mask.shape)}")
+                raise ValueError(
+                    f"attention_mask must be 2D [b, {past + s}] (cached + new tokens), "
+                    f"got shape {tuple(attention_mask.shape)}"
+                )
             attention_mask = attention_mask.bool()
             if bool(attention_mask.all()):  # one host sync per call, for SDPA's fused causal path
                 attention_mask = None
@@ -296,8 +299,8 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
             kv_input = None
             if index == injection:
                 codes, bit_logits = self._chunk_codes(
-                    hidden, latent_mode, latent_codes, latent_seed, past, position_ids,
-                    attention_mask, cos, sin)
+                    hidden, latent_mode, latent_codes, latent_seed, past, position_ids, attention_mask, cos, sin
+                )
                 kv_input = hidden + self.latent.post_sample(codes).to(hidden.dtype)
             hidden = layer(hidden, cos, sin, mask, is_causal, cache, kv_input)
         hidden = self.norm(hidden)
@@ -323,8 +326,9 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
             allowed = allowed & attention_mask[:, None, None, :] | (key_pos == query_pos)[None, None]
         return allowed.expand(b, 1, s, past + s), False
 
-    def _chunk_codes(self, hidden, latent_mode, latent_codes, latent_seed, past, position_ids,
-                     attention_mask, cos, sin):
+    def _chunk_codes(
+        self, hidden, latent_mode, latent_codes, latent_seed, past, position_ids, attention_mask, cos, sin
+    ):
         """Codes [b, s] of this call's positions, and the encoder's bit logits when it ran."""
         b, s = hidden.shape[:2]
         num_known = 0 if latent_codes is None else latent_codes.shape[1]
@@ -333,11 +337,13 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
         if latent_mode not in LATENT_MODES:
             raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}")
         if latent_mode == "given" and num_known < past + s:
-            raise ValueError(f"latent_mode 'given' needs latent_codes [b, >= {past + s}] "
-                             f"(one code per position so far), got {num_known} columns")
+            raise ValueError(
+                f"latent_mode 'given' needs latent_codes [b, >= {past + s}] "
+                f"(one code per position so far), got {num_known} columns"
+            )
         num_given = min(max(num_known - past, 0), s)
         if num_given == s:
-            return latent_codes[:, past: past + s].to(hidden.device).long(), None
+            return latent_codes[:, past : past + s].to(hidden.device).long(), None
         seeds = _per_sample_seeds(latent_seed, b, hidden.device)
         if latent_mode == "posterior" and past == 0 and num_known == 0:
             # The prompt: its Z from the encoder, non-causal over the prompt only.
@@ -346,7 +352,7 @@ class FreeTransformerModel(FreeTransformerPreTrainedModel):
             return posterior_codes(bit_logits, seeds, position_ids), bit_logits
         fresh = prior_codes(seeds, position_ids[:, num_given:], self.config.latent_bits)
         if num_given:
-            fresh = torch.cat([latent_codes[:, past: past + num_given].to(hidden.device).long(), fresh], 1)
+            fresh = torch.cat([latent_codes[:, past : past + num_given].to(hidden.device).long(), fresh], 1)
         return fresh, None
 
 
@@ -400,9 +406,15 @@ class FreeTransformerForCausalLM(FreeTransformerPreTrainedModel, GenerationMixin
         if cache is not None and past_key_values is not None:
             raise ValueError("give the KV cache as cache or as past_key_values, not both")
         hidden, cache, codes, bit_logits = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            cache=past_key_values if cache is None else cache, inputs_embeds=inputs_embeds,
-            use_cache=use_cache, latent_mode=latent_mode, latent_codes=latent_codes, latent_seed=latent_seed,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=past_key_values if cache is None else cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            latent_mode=latent_mode,
+            latent_codes=latent_codes,
+            latent_seed=latent_seed,
         )
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
@@ -412,10 +424,11 @@ class FreeTransformerForCausalLM(FreeTransformerPreTrainedModel, GenerationMixin
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                ignore_index=-100)
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
         output = FreeTransformerOutput(
-            loss=loss, logits=logits, latent_codes=codes, latent_bit_logits=bit_logits, **{CACHE_NAME: cache})
+            loss=loss, logits=logits, latent_codes=codes, latent_bit_logits=bit_logits, **{CACHE_NAME: cache}
+        )
         return output if return_dict is not False else output.to_tuple()
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
