@@ -496,13 +496,14 @@ that date, (2026-12-02) with the code of this run.
   iterations: posterior and prior CE agreed to 0.001 up to iteration 6,000, then 0.283 / 0.291 at
   7,000 and 0.273 / 0.293 at 8,000. That was too late for a shared Z to fix the position; it only
   brought the targets closer (mean distance 13.3, independent Z: 17.1).
-- Between the two, the code changed the latent's random numbers: a stateless hash of (seed,
-  position, bit) instead of per-sample torch.Generators. It also changed, for this run only, the
-  softmax: the 98 padding ids of the 128-row vocabulary are now left out.
-- A kappa = 1 run with the code just before the padding change did not use Z either (3,000
-  iterations, exploration 2026-12-02): posterior 0.2873 and prior 0.2873 nats, against 0.242 and
-  0.348 in the 2026-11-23 run. So the padding change is not what delayed it; the remaining
-  difference is the draws of Z.
+- Between the two, the code changed twice in ways that change the numbers of a run: the latent's
+  random numbers (a stateless hash of (seed, position, bit) instead of per-sample torch.Generators,
+  commit 4d0de27) and, for this run, the softmax (the 98 padding ids of the 128-row vocabulary are
+  now left out). kappa = 1 runs of 3,000 iterations with the code before each change (exploration
+  2026-12-02): with the hash, before the padding change, Z unused (posterior 0.2873, prior 0.2873
+  nats); with the torch.Generators (commit 53e72dc), Z barely used (0.285 / 0.288). The 2026-11-23
+  run had 0.242 / 0.348, so even the code of 53e72dc does not give it back: other changes between
+  2026-11-23 and 53e72dc (not bisected) also moved the run.
 - When Z comes into use at all is a symmetry-breaking event of this small model, and it depends on
   the draws. One run per kappa cannot say how likely it is.
 - kappa = 8: longer training lets the decoder cope with prior Z. In this run the prior CE was 1.15 at
