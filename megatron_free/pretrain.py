@@ -126,6 +126,7 @@ def run(args) -> None:
     import torch
 
     from megatron_free.model.model import unwrap
+    from megatron_free.planner import pipeline_stages
     from megatron_free.run_config import loop_config
     from megatron_free.training.flops import model_shape, training_flops_per_token
     from megatron_free.training.loop import train
@@ -133,7 +134,7 @@ def run(args) -> None:
     from megatron_free.training.run_report import format_arguments, format_layout, format_summary
 
     print_rank_last(format_arguments(args))
-    print_rank_last(format_layout(args))
+    print_rank_last(format_layout(args, pipeline_stages(args)))
     model_chunks, optimizer, scheduler, state, train_iter, valid_iter, tokenizer = setup(args)
     if state.iteration >= args.train_iters:  # a finished run launched again: nothing to overwrite
         print_rank_last(

@@ -3,7 +3,7 @@ layout, the parameter counts and the datasets; at the end a summary. The texts a
 printed by pretrain.run (and setup) on the logging rank.
 
     print_rank_last(format_arguments(args))   # Megatron-LM's dotted, sorted table
-    print_rank_last(format_layout(args))      # TP/PP/CP/DP, world size, batch, pipeline stages
+    print_rank_last(format_layout(args, stages))  # TP/PP/CP/DP, world size, batch, pipeline stages
     print_model_and_data(args, model_chunks, train_ds, valid_ds)   # collective
     print_rank_last(format_summary(...))      # iterations, time, tokens/s, validation, checkpoint
 """
@@ -27,10 +27,9 @@ def format_arguments(args) -> str:
     )
 
 
-def format_layout(args) -> str:
-    """The parallel layout and the batch: sizes, world size, microbatches, pipeline stages."""
-    from megatron_free.planner import pipeline_stages
-
+def format_layout(args, stages: list[tuple[int, int]]) -> str:
+    """The parallel layout and the batch: sizes, world size, microbatches, and the pipeline stages
+    ([first, last) decoder layers of each, planner.pipeline_stages)."""
     tp, pp, cp, dp = (
         args.tensor_model_parallel_size,
         args.pipeline_model_parallel_size,
@@ -52,7 +51,7 @@ def format_layout(args) -> str:
         f"x {args.num_microbatches} microbatches; {args.global_batch_size * args.seq_length:,} tokens "
         f"per iteration ({args.seq_length} per sample); {args.train_iters:,} iterations",
     ]
-    for stage, (first, last) in enumerate(pipeline_stages(args)):
+    for stage, (first, last) in enumerate(stages):
         lines.append(f"pipeline stage {stage + 1}: {_stage_contents(args, stage, first, last)}")
     return "\n".join(lines)
 
