@@ -127,7 +127,7 @@ def run(args) -> None:
 
     from megatron_free.model.model import unwrap
     from megatron_free.planner import pipeline_stages
-    from megatron_free.run_config import loop_config
+    from megatron_free.run_config import end_of_training_hooks, loop_config
     from megatron_free.training.flops import model_shape, training_flops_per_token
     from megatron_free.training.loop import train
     from megatron_free.training.metrics import TrainingLogger, print_rank_last
@@ -157,18 +157,8 @@ def run(args) -> None:
     try:
         train(loop_config(args), model_chunks, optimizer, scheduler, train_iter, valid_iter, logger, state)
         seconds = time.perf_counter() - start
-        if args.generate_samples and args.toy_data:
-            from megatron_free.inference.toy_study import print_toy_samples
-
-            print_toy_samples(
-                model_chunks,
-                tokenizer,
-                args.generate_samples,
-                args.seed,
-                None if args.baseline else args.latent_bits,
-                logger,
-                state.iteration,
-            )
+        for hook in end_of_training_hooks(args, tokenizer):
+            hook(model_chunks, logger, state.iteration)
     finally:
         logger.close()
     print_rank_last(

@@ -1,7 +1,8 @@
 """The validated pretrain flags (arguments.py) as the typed configs each component takes: the model's
 description and its build settings, the tokenizer, data parallelism, the optimizer and its schedule,
-the loop (batch, validation, exits) and checkpointing. Built once by the entry points, after parsing
-(the flags are parsed before torch and megatron-core are imported); the namespace goes no further."""
+the loop (batch, validation, exits), checkpointing, and what runs after training. Built once by the
+entry points, after parsing (the flags are parsed before torch and megatron-core are imported); the
+namespace goes no further."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from megatron_free.config import (
     StageLayout,
     build_model_config,
 )
-from megatron_free.data.tokenizers import TokenizerConfig
+from megatron_free.data.tokenizers import Tokenizer, TokenizerConfig
+from megatron_free.inference.toy_study import ToySamples
 from megatron_free.model.description import ModelDescription
 from megatron_free.parallel.distributed import ParallelConfig
 from megatron_free.parallel.wrap import DataParallelSettings, OptimizerSettings, ScheduleSettings
@@ -180,3 +182,13 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
         ),
         save=save_config(args),
     )
+
+
+def end_of_training_hooks(args: argparse.Namespace, tokenizer: Tokenizer) -> list:
+    """What runs once the loop returns, each called as hook(model_chunks, logger, iteration):
+    the toy main job's samples (--generate-samples with --toy-data)."""
+    hooks = []
+    if args.generate_samples and args.toy_data:
+        latent_bits = None if args.baseline else args.latent_bits
+        hooks.append(ToySamples(tokenizer, args.generate_samples, args.seed, latent_bits))
+    return hooks

@@ -169,18 +169,22 @@ def toy_samples_report(groups: dict) -> list[str]:
     return lines
 
 
-def print_toy_samples(
-    model_chunks, tokenizer, num_samples: int, seed: int, latent_bits: int | None, logger=None, step: int = 0
-) -> list[str]:
-    """The toy main job's end-of-run samples: ``num_samples`` texts with a shared Z and as many
-    with independent Z (latent_bits None: a baseline's, once), printed with their measures and,
-    given a TrainingLogger, written to TensorBoard as the text summary "toy samples" at ``step``.
-    Collective (generation runs on every rank). Returns the printed lines."""
-    groups = sample_groups(model_chunks, tokenizer, "K", num_samples, seed, latent_bits)
-    lines = toy_samples_report(groups)
-    for line in lines:
-        print_rank_last(line)
-    if logger is not None:
-        # Indented: markdown shows the lines as they are, in a fixed-width font.
-        logger.text("toy samples", "\n".join("    " + line for line in lines), step)
-    return lines
+class ToySamples:
+    """The toy main job's end-of-run samples, an end-of-training hook (run_config.end_of_training_hooks):
+    ``num_samples`` texts with a shared Z and as many with independent Z (latent_bits None: a
+    baseline's, once), printed with their measures and, given a TrainingLogger, written to
+    TensorBoard as the text summary "toy samples" at the run's last iteration."""
+
+    def __init__(self, tokenizer, num_samples: int, seed: int, latent_bits: int | None):
+        self.tokenizer, self.num_samples, self.seed, self.latent_bits = tokenizer, num_samples, seed, latent_bits
+
+    def __call__(self, model_chunks, logger=None, iteration: int = 0) -> list[str]:
+        """Collective (generation runs on every rank). Returns the printed lines."""
+        groups = sample_groups(model_chunks, self.tokenizer, "K", self.num_samples, self.seed, self.latent_bits)
+        lines = toy_samples_report(groups)
+        for line in lines:
+            print_rank_last(line)
+        if logger is not None:
+            # Indented: markdown shows the lines as they are, in a fixed-width font.
+            logger.text("toy samples", "\n".join("    " + line for line in lines), iteration)
+        return lines
