@@ -43,7 +43,7 @@ RUNS = [("baseline", None), ("kappa=1/64", 1 / 64), ("kappa=1/8", 1 / 8), ("kapp
 # A small Llama-style model: 4 blocks (Z enters block 3, the encoder reads block 2's output),
 # hidden 64, SwiGLU 192, 4 query / 2 KV heads of 16 channels.
 # 288K parameters (decoder 197K, encoder block 50K, post-sampler 33K at H = 9, tied embedding 8K).
-LAYERS, HIDDEN, BATCH, LR = 4, 64, 16, 0.006
+LAYERS, HIDDEN, BATCH, LR = 4, 64, 16, 0.002
 MODEL_FLAGS = [
     "--toy-data",
     "--seq-length",
