@@ -89,6 +89,7 @@ TRAIN_FLAGS = [
 CARRIED_MIN, CARRIED_MARGIN = 0.5, 0.3  # shared-Z agreement >= 0.5 and >= independent + 0.3
 PARTLY_MARGIN = 0.1  # shared-Z agreement >= independent + 0.1: partly carried
 BREAKS_MARGIN = 0.2  # well-formed rate >= 0.2 below the baseline's
+MIN_POSITION_PAIRS = 20  # fewer pairs of well-formed samples in a setting: position not measured
 ENTROPY_NATS = (math.log(57) + 64 * -(1 / 16 * math.log(1 / 16) + 15 / 16 * math.log(15 / 16))) / 66
 
 
@@ -340,12 +341,17 @@ def measures_figure(results: dict, path: Path) -> None:
 
 
 def carried(result: dict, what: str) -> str:
-    """How much of the target position or of the noise a shared Z fixes: "yes", "partly", "no".
+    """How much of the target position or of the noise a shared Z fixes: "yes", "partly", "no",
+    or "n/a" (position only: fewer than MIN_POSITION_PAIRS pairs of well-formed samples in a setting).
 
     yes:    shared-Z agreement (same position / noise Jaccard) >= CARRIED_MIN and at least
             CARRIED_MARGIN above the independent-Z one;
     partly: shared-Z agreement at least PARTLY_MARGIN above the independent-Z one.
     """
+    if what == "position" and any(
+        result[setting].get("position_pairs", 0) < MIN_POSITION_PAIRS for setting in ("independent", "shared")
+    ):
+        return "n/a"
     key = "position_agreement" if what == "position" else "noise_jaccard"
     shared, independent = result["shared"][key], result["independent"][key]
     if shared >= CARRIED_MIN and shared >= independent + CARRIED_MARGIN:
@@ -381,7 +387,9 @@ def verdicts(results: dict) -> list[str]:
         differences = [f"{n}: {g}, paper: {w}" for n, g, w in zip(names, got, wanted) if g != w]
         if not differences:
             verdict = "**matches**"
-        elif all(g == "partly" for g, w in zip(got, wanted) if g != w):
+        elif all(g == "n/a" for g, w in zip(got, wanted) if g != w):
+            verdict = f"**matches where measured** ({'; '.join(differences)})"
+        elif all(g in ("partly", "n/a") for g, w in zip(got, wanted) if g != w):
             verdict = f"**partly matches** ({'; '.join(differences)})"
         else:
             verdict = f"**does not match** ({'; '.join(differences)})"
@@ -471,7 +479,8 @@ position (the Jaccard overlap of the noise) is at least {CARRIED_MIN} and at lea
 above the independent-Z one; partly, when it is at least {PARTLY_MARGIN} above the independent-Z one.
 Well-formed samples drop when the
 independent-Z rate is at least {BREAKS_MARGIN} below the baseline's. For kappa = 8 the paper says Z
-carries the whole sequence, so position and noise are expected to be carried there too.
+carries the whole sequence, so position and noise are expected to be carried there too. Position is
+not measured (n/a) where a setting has fewer than {MIN_POSITION_PAIRS} pairs of well-formed samples.
 
 {chr(10).join(verdicts(results))}
 
@@ -483,33 +492,39 @@ carries the whole sequence, so position and noise are expected to be carried the
 NOTES = """## Why this setup, and what limits it
 
 Points marked (exploration) come from other runs on the same machine: (2026-11-23) with the code of
-that date, (2026-12-02) with the code of this run.
+that date, (2026-12-02) and (2026-12-03) with the code of this run.
 
 - Model: {layers} blocks of hidden {hidden} (288K parameters) are enough for the task: the baseline
   ends at a validation CE of {baseline_ce:.3f} nats per token (the task's entropy: {entropy:.3f}) with
   {baseline_well_formed:.0%} well-formed samples.
-- Length: {train_iters} iterations of batch {batch}, the length at which an exploration (2026-11-23)
-  had found the paper's kappa = 1 finding: shared-Z pairs at the same position 0.63 of the time
-  (independent Z: 0.03), noise Jaccard 0.72 (0.10), with Z in use (posterior CE below prior CE) after
-  750 to 1,500 iterations.
-- That did not hold up. In the run of 2026-12-02 Z at kappa = 1 came into use only after ~6,000
-  iterations: posterior and prior CE agreed to 0.001 up to iteration 6,000, then 0.283 / 0.291 at
-  7,000 and 0.273 / 0.293 at 8,000. That was too late for a shared Z to fix the position; it only
-  brought the targets closer (mean distance 13.3, independent Z: 17.1).
-- Between the two, the code changed twice in ways that change the numbers of a run: the latent's
-  random numbers (a stateless hash of (seed, position, bit) instead of per-sample torch.Generators,
-  commit 4d0de27) and, for this run, the softmax (the 98 padding ids of the 128-row vocabulary are
-  now left out). kappa = 1 runs of 3,000 iterations with the code before each change (exploration
-  2026-12-02): with the hash, before the padding change, Z unused (posterior 0.2873, prior 0.2873
-  nats); with the torch.Generators (commit 53e72dc), Z barely used (0.285 / 0.288). The 2026-11-23
-  run had 0.242 / 0.348, so even the code of 53e72dc does not give it back: other changes between
-  2026-11-23 and 53e72dc (not bisected) also moved the run.
+- Learning rate {lr:g}, not the 0.006 this script used up to 2026-12-02. In the 8,000-iteration run
+  at 0.006 (2026-12-02), Z at kappa = 1 came into use only after ~6,000 iterations (posterior and
+  prior CE within 0.001 up to there, 0.273 / 0.293 at the end): too late for a shared Z to fix the
+  position (same position 0.02 for shared and independent Z; mean distance 13.3 against 17.1).
+  kappa = 8 kept 93 % of its samples well-formed (prior CE 1.15), kappa = 1/8 never used Z. What
+  made the difference was found in README's main job (examples/toy_free_transformer.yaml: hidden
+  128, H = 8, batch 64, learning rate 0.002, kappa = 1), which has Z in use within 200 iterations.
+  Of its settings the learning rate is what matters (exploration 2026-12-02, 2,000 iterations of
+  kappa = 1 with this script's flags): at 0.002 Z is in use from iteration 500 (posterior 0.239
+  against prior 0.389 at the end, KL 0.99 bits) and a shared Z partly fixes the position (0.31
+  against 0.03; distance 7.0 against 13.1); hidden 128 at 0.002 (batch 16, H = 9) leaves Z unused
+  (0.2824 / 0.2824). So at batch 16 the step size, not the width, kept Z out of use.
+- In this run, at kappa = 1 Z is in use from the first validation (iteration 1,000: posterior 0.271
+  against prior 0.325) and its posterior CE keeps falling (0.223 at 5,000, 0.133 at 8,000, below the
+  task's entropy: Z carries noise as well as position). A shared Z fixes the position in 36 % of the
+  pairs (independent Z: 2 %) and brings the noise closer (Jaccard 0.20 against 0.05), both short of
+  the report's "carried" (0.5). At kappa = 8 samples drawn with prior Z break (2 % well-formed, prior
+  CE 2.2), as in the paper; with so few well-formed samples the position cannot be measured there.
+- Length: {train_iters} iterations of batch {batch}. The kappa = 1 numbers above were still moving
+  at the end (posterior CE 0.144 at 7,000, 0.133 at 8,000), so a longer run may well reach the
+  paper's kappa = 1 finding; it was not run. In 2026-11-23 runs (learning rate 0.006, with code
+  since changed in the latent's random numbers, commit 4d0de27, in the softmax over the 98 padding
+  ids of the vocabulary, and elsewhere, not bisected) kappa = 1 had reached it at 8,000 iterations
+  (same position 0.63 against 0.03, noise Jaccard 0.72 against 0.10).
 - When Z comes into use at all is a symmetry-breaking event of this small model, and it depends on
   the draws. One run per kappa cannot say how likely it is.
-- kappa = 8: longer training lets the decoder cope with prior Z. In this run the prior CE was 1.15 at
-  8,000 iterations (2026-11-23, at 3,000: 3.80), and 93 % of the samples stayed well-formed
-  (baseline: 98 %). Z carries most of the sequence (posterior CE 0.053), but the paper's "samples
-  break" does not show at this length.
+- Time: this run shared the 2 cores with two exploration runs (seven processes) for most of its
+  length; the five alone take about 41 minutes (the 2026-12-02 run: 40.7).
 - H = {latent_bits}, not the paper's 16. The post-sampler's backward costs 2 C D FLOPs per token over
   all C = 2^H codes: 8.4 MFLOP at H = 16, against 1.85 MFLOP for the rest of this model (65 KFLOP at
   H = 9).
@@ -524,6 +539,8 @@ that date, (2026-12-02) with the code of this run.
   than a 1-thread one (a batch-64 forward of 8 tokens: 924 ms against 52 ms; a descheduled OpenMP
   thread stalls every parallel op). So the five runs go side by side, one thread each, rather than
   one after the other on 2 threads or 2 data-parallel ranks.
+- No GPU was lent to the sessions that made these runs, so H = 16 and longer training on a GPU
+  remain to be run.
 
 ## kappa = 1/8: the exploration
 
@@ -531,42 +548,54 @@ The paper: a shared Z fixes the target position and not the noise. Small kappa s
 hinge has no gradient below kappa, so the decoder learns the task without Z first. Until the
 encoder's few free bits say something worth reading, the decoder does not read them. Position needs
 log2(57) = 5.8 bits per sequence, 0.09 bits per token: within the 1/8 bit a token may carry for free.
+Each evaluation below: `--evaluate CHECKPOINT --json OUT` of this script, 24 groups of 8, as above.
+
+At learning rate 0.006 (the earlier default):
 
 - Learning rates 3e-3 and 6e-3, post-sampler init scales 0.02 and 0.1, 2,000 iterations
   (2026-11-23): KL 0.03 to 0.07 bits, Z unused (posterior CE = prior CE).
 - 8,000 iterations (2026-11-23): Z came into use after ~5,000 iterations (KL 0.12 bits, posterior
   0.266 against prior 0.295), but a shared Z did not fix the position (0.027 against 0.017).
-- This run (default, 8,000 iterations, 2026-12-02): KL 0.016 bits at the end, Z unused (posterior =
-  prior = 0.282); shared-Z position agreement 0.016, independent Z 0.016.
-- 16,000 iterations, the same settings otherwise (2026-12-02): the KL rose to the hinge (0.116 bits
-  at the end) but Z stayed unused (posterior 0.2817, prior 0.2817 nats). Shared-Z position agreement
-  0.015, independent Z 0.015; noise Jaccard 0.033 and 0.034; 98 % well-formed.
-- A warm start from this run's kappa = 1 model (where Z is in use): --finetune at kappa = 1/8 for
-  4,000 more iterations, learning rate 0.003 to 0.0003 (2026-12-02). Z stayed in use (KL 0.118
-  bits, posterior 0.288 against prior 0.295) and a shared Z brought the targets a little closer
-  (mean distance 15.9, independent Z 18.6). It did not fix them: same position 0.025, independent Z
-  0.021. The noise stayed free (Jaccard 0.033 and 0.033); 98 % well-formed.
-- Not reached: in no run here did a shared Z fix the target position at kappa = 1/8. What is left
-  to try: several seeds per setting (the kappa = 1 runs above show how much the draws matter), H =
-  16 and longer runs where a GPU is lent, and a free-bits schedule from kappa = 1 down to 1/8.
-- The lead, followed (2026-12-02): README's main job (examples/toy_free_transformer.yaml: hidden
-  128, H = 8, batch 64, learning rate 0.002, kappa = 1, TP2) has Z in use within 200 iterations
-  (posterior CE 0.241 against prior 0.355 at its end, 300 iterations). Of its settings, the
-  learning rate is what matters. kappa = 1 with this script's flags and learning rate 0.002 (min
-  0.0002) instead of 0.006, nothing else changed, 2,000 iterations: Z in use from iteration 500
-  (posterior 0.277, prior 0.343) to the end (0.239 / 0.389, KL 0.99 bits). A shared Z partly fixes
-  the position (same position 0.31, independent Z 0.03; distance 7.0 against 13.1), not yet the
-  noise (Jaccard 0.032 against 0.036); 97 % well-formed. The main job's width at the same learning
-  rate (hidden 128, batch 16, H = 9, 2,000 iterations): Z unused (posterior 0.2824, prior 0.2824).
-  So at batch 16 the step size, not the width, kept Z out of use. Next: the five models at 8,000
-  iterations and learning rate 0.002 (a 41-minute run that did not fit in that session).
+- 8,000 iterations (2026-12-02, the then default run): KL 0.016 bits, Z unused (posterior = prior
+  = 0.282). 16,000 iterations (2026-12-02): KL at the hinge (0.116 bits), Z still unused (0.2817 /
+  0.2817); shared-Z position agreement 0.015, independent Z 0.015.
+- A warm start from that run's kappa = 1 model (Z barely in use there): --finetune at kappa = 1/8
+  for 4,000 iterations at 0.003 to 0.0003 (2026-12-02): KL 0.118 bits, posterior 0.288 against
+  prior 0.295; same position 0.025 against 0.021 (distance 15.9 against 18.6); noise free
+  (Jaccard 0.033 and 0.033); 98 % well-formed.
 
-Both 2026-12-02 runs are in the commands below. Each evaluation used `--evaluate CHECKPOINT --json
-OUT` of this script (24 groups of 8, as above):
+At learning rate 0.002 (this run's):
 
-    python -m megatron_free.pretrain <the flags of this run, --free-bits 0.125> --train-iters 16000
-    python -m megatron_free.pretrain <the same> --train-iters 4000 --lr 0.003 --min-lr 0.0003 \\
-        --load runs/toy_experiment/kappa_1/checkpoints --finetune
+- This run: Z in use from ~6,000 iterations (posterior 0.272 against prior 0.309 at 6,000, 0.264 /
+  0.301 at 8,000, KL 0.123 bits, at the hinge). A shared Z brings the targets a little closer
+  (distance 14.5 against 17.6) and fixes them in 7 % of the pairs (independent Z: 2 %); the noise
+  stays free (Jaccard 0.03 and 0.03); 98 % well-formed.
+- Warm starts from kappa = 1, where Z is in use and a shared Z partly fixes the position
+  (exploration 2026-12-03, 4,000 iterations at kappa = 1/8 each, learning rate 0.002 to 0.0002).
+  In every one Z stayed in use at the hinge (KL 0.12 to 0.125 bits) and the noise stayed free, but
+  the position came loose:
+  - from the 2,000-iteration kappa = 1 model above (shared-Z same position 0.31): posterior 0.254
+    against prior 0.327; same position 0.05 against 0.02, distance 13.0 against 19.9; Jaccard 0.05
+    against 0.04; 96 % well-formed.
+  - from this run's kappa = 1 model (8,000 iterations, 0.36): posterior 0.243 against prior 0.353;
+    same position 0.09 against 0.03, distance 13.6 against 18.5; Jaccard 0.08 against 0.04; 98 %.
+  - a free-bits schedule from the 2,000-iteration model: 1,000 iterations at kappa = 1/2, 1,000 at
+    1/4, 2,000 at 1/8 (each stage a --finetune of the one before). Same position, shared against
+    independent Z: 0.16 / 0.02 after the 1/2 stage, 0.09 / 0.02 after 1/4, 0.05 / 0.01 at the end
+    (posterior 0.260 against prior 0.309; distance 14.0 against 19.8; Jaccard 0.04 and 0.04).
+  The position is lost step by step as the budget shrinks: at this size the encoder does not find
+  a code for the position within 1/8 bit per token that a uniform Z reproduces.
+- Not reached: in no run here did a shared Z fix the target position at kappa = 1/8 (the best:
+  0.09 against 0.03). Left to try: several seeds per setting, H = 16 and a larger model and longer
+  runs where a GPU is lent (the paper's models are much larger; its hyperparameters were not tuned
+  for this task).
+
+The commands of the warm starts (the flags of this run otherwise, --eval-interval 250; pretrain's
+--finetune loads the weights and starts a new optimizer and schedule):
+
+    python -m megatron_free.pretrain <the flags of this run, --free-bits 1.0> --train-iters 2000
+    python -m megatron_free.pretrain <the same, --free-bits 0.125> --train-iters 4000 \\
+        --load <the kappa = 1 checkpoints> --finetune
 
 ## More notes
 
@@ -578,6 +607,16 @@ OUT` of this script (24 groups of 8, as above):
 - Rerun: `{command}`; add --reuse to keep the checkpoints of a run and redo only the evaluation and
   pictures.
 """
+
+
+def format_notes(meta: dict, baseline: dict) -> str:
+    """NOTES with this run's setup and the baseline's numbers filled in."""
+    return NOTES.format(
+        **meta,
+        entropy=ENTROPY_NATS,
+        baseline_ce=baseline["train"]["validation"].get("lm loss", float("nan")),
+        baseline_well_formed=baseline["independent"]["well_formed"],
+    )
 
 
 def main(argv=None) -> int:
@@ -638,13 +677,7 @@ def main(argv=None) -> int:
         "groups": args.groups,
         "group_size": args.group_size,
     }
-    baseline = results["baseline"]
-    meta["notes"] = NOTES.format(
-        **meta,
-        entropy=ENTROPY_NATS,
-        baseline_ce=baseline["train"]["validation"].get("lm loss", float("nan")),
-        baseline_well_formed=baseline["independent"]["well_formed"],
-    )
+    meta["notes"] = format_notes(meta, results["baseline"])
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     samples_figure(results, out / "samples.png")
     measures_figure(results, out / "measures.png")

@@ -26,6 +26,7 @@ def measures(well_formed=0.95, position=0.02, distance=19.0, noise=0.03):
         "noise_identical": 0.0,
         "noise_jaccard": noise,
         "pairs": 28,
+        "position_pairs": 28,
     }
 
 
@@ -109,12 +110,12 @@ def test_report_and_figures_are_written(toy, tmp_path):
         "latent_bits": 9,
         "train_iters": 3000,
         "batch": 16,
-        "lr": 0.006,
+        "lr": 0.002,
         "groups": 1,
         "group_size": 2,
         "seconds": {f"{name} {kind}": 1.0 for name in results for kind in ("train", "evaluate")},
-        "notes": "notes",
     }
+    meta["notes"] = toy.format_notes(meta, results["baseline"])
     out = tmp_path / "toy"
     out.mkdir()
     toy.samples_figure(results, out / "samples.png")
@@ -122,4 +123,18 @@ def test_report_and_figures_are_written(toy, tmp_path):
     toy.write_markdown(results, meta, tmp_path / "toy.md", out)
     text = (tmp_path / "toy.md").read_text()
     assert "![samples](toy/samples.png)" in text and "| kappa=8 | 8 |" in text
+    assert "## kappa = 1/8: the exploration" in text and "3000 iterations of batch 16" in text
     assert (out / "samples.png").stat().st_size > 10_000 and (out / "measures.png").stat().st_size > 10_000
+
+
+def test_position_is_not_judged_on_too_few_well_formed_pairs(toy):
+    """Broken samples at kappa = 8 leave no well-formed pairs: position n/a, not "no"."""
+    results = paper_like_results()
+    broken = measures(well_formed=0.02, position=float("nan"), distance=float("nan"), noise=0.08)
+    results["kappa=8"] = run(8.0, {**broken, "position_pairs": 0}, {**measures(noise=0.9), "position_pairs": 1}, kl=7.9)
+    line = next(x for x in toy.verdicts(results) if x.startswith("- kappa = 8 bit"))
+    assert "position carried: n/a; noise carried: yes" in line
+    assert "**matches where measured** (position: n/a, paper: yes)" in line
+    results["kappa=8"]["shared"]["noise_jaccard"] = 0.3
+    line = next(x for x in toy.verdicts(results) if x.startswith("- kappa = 8 bit"))
+    assert "**partly matches** (position: n/a, paper: yes; noise: partly, paper: yes)" in line
