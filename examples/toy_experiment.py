@@ -503,7 +503,10 @@ that date, (2026-12-02) and (2026-12-03) with the code of this run.
   position (same position 0.02 for shared and independent Z; mean distance 13.3 against 17.1).
   kappa = 8 kept 93 % of its samples well-formed (prior CE 1.15), kappa = 1/8 never used Z. What
   made the difference was found in README's main job (examples/toy_free_transformer.yaml: hidden
-  128, H = 8, batch 64, learning rate 0.002, kappa = 1), which has Z in use within 200 iterations.
+  128, H = 8, batch 64, learning rate 0.002, kappa = 1, TP2), which had Z in use within 200
+  iterations on 2026-12-02 (posterior 0.241 against prior 0.355 at its end, 300 iterations; from a
+  clean clone on this run's machine, 2026-12-03: 0.283 / 0.291, Z barely in use; another reminder
+  of how fragile the moment Z comes into use is).
   Of its settings the learning rate is what matters (exploration 2026-12-02, 2,000 iterations of
   kappa = 1 with this script's flags): at 0.002 Z is in use from iteration 500 (posterior 0.239
   against prior 0.389 at the end, KL 0.99 bits) and a shared Z partly fixes the position (0.31
