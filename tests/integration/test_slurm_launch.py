@@ -152,6 +152,10 @@ def test_time_limit_saves_exits_and_the_requeued_job_resumes(slurm, tmp_path):
     deadline = time.monotonic() + 120
     while slurm.command("sinfo", "-h", "-o", "%T").strip() != "idle" and time.monotonic() < deadline:
         time.sleep(1)
+    # slurmd refuses a launch whose credential is not newer, in whole seconds, than the kill that
+    # revoked the job's credential ("Job N already killed, do not launch batch job"): a restart in
+    # the same second as the requeue's kill fails the job. Slurm's own 2-minute hold avoids this.
+    time.sleep(2)
     slurm.command("scontrol", "update", f"JobId={record['JobId']}", "StartTime=now", "TimeLimit=10")
     records = slurm.wait(job, timeout=240)
     (record,) = records
