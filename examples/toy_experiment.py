@@ -349,7 +349,7 @@ def carried(result: dict, what: str) -> str:
     partly: shared-Z agreement at least PARTLY_MARGIN above the independent-Z one.
     """
     if what == "position" and any(
-        result[setting].get("position_pairs", 0) < MIN_POSITION_PAIRS for setting in ("independent", "shared")
+        result[setting]["position_pairs"] < MIN_POSITION_PAIRS for setting in ("independent", "shared")
     ):
         return "n/a"
     key = "position_agreement" if what == "position" else "noise_jaccard"
@@ -384,15 +384,17 @@ def verdicts(results: dict) -> list[str]:
         got = [position, noise, "yes" if drops else "no"]
         wanted = ["yes" if w else "no" for w in want]
         names = ("position", "noise", "well-formed drop")
-        differences = [f"{n}: {g}, paper: {w}" for n, g, w in zip(names, got, wanted) if g != w]
-        if not differences:
+        mismatches = [(n, g, w) for n, g, w in zip(names, got, wanted) if g != w]
+        measured = {g for _, g, _ in mismatches}  # what was found where it differs from the paper
+        differences = "; ".join(f"{n}: {g}, paper: {w}" for n, g, w in mismatches)
+        if not mismatches:
             verdict = "**matches**"
-        elif all(g == "n/a" for g, w in zip(got, wanted) if g != w):
-            verdict = f"**matches where measured** ({'; '.join(differences)})"
-        elif all(g in ("partly", "n/a") for g, w in zip(got, wanted) if g != w):
-            verdict = f"**partly matches** ({'; '.join(differences)})"
+        elif measured == {"n/a"}:
+            verdict = f"**matches where measured** ({differences})"
+        elif measured <= {"partly", "n/a"}:
+            verdict = f"**partly matches** ({differences})"
         else:
-            verdict = f"**does not match** ({'; '.join(differences)})"
+            verdict = f"**does not match** ({differences})"
         out.append(
             f"- kappa = {kappa_label(r['kappa'])} bit, paper: {text[name]}. Measured: position "
             f"carried: {position}; noise carried: {noise}; well-formed rate drops: "
