@@ -1,6 +1,6 @@
 """Reproduce the toy experiment of the Free Transformer paper (section 4.1, Figure 4) on CPU.
 
-    python examples/toy_experiment.py --out docs/toy_experiment     # ~45 min on 2 CPU cores
+    python examples/toy_experiment.py --out docs/toy_experiment     # ~85 min on 2 CPU cores
 
 Trains a baseline and Free Transformers with kappa = 1/64, 1/8, 1 and 8 bits on the toy task
 (`python -m megatron_free.pretrain --toy-data`, one process each, checkpoints under --work-dir),
@@ -631,7 +631,7 @@ def main(argv=None) -> int:
         "--out", default="docs/toy_experiment", help="folder for results.json and the figures; the report is <out>.md"
     )
     p.add_argument("--work-dir", default="runs/toy_experiment", help="checkpoints and logs")
-    p.add_argument("--train-iters", type=int, default=8000)
+    p.add_argument("--train-iters", type=int, default=16000)
     p.add_argument("--eval-interval", type=int, default=1000)
     p.add_argument("--latent-bits", type=int, default=9, help="H (the paper: 16)")
     p.add_argument("--groups", type=int, default=24, help="prompts, each one group per setting")
