@@ -495,7 +495,7 @@ NOTES = """## Why this setup, and what limits it
 
 Points marked (exploration) come from other runs on 2-core CPU machines like this one (2026-12-02
 and this run's, 2026-12-04: an AMD EPYC; 2026-12-03: an Intel Xeon): (2026-11-23) with the code of
-that date, (2026-12-02) and (2026-12-03) with the code of this run (only the default length differed).
+that date, (2026-12-02) and (2026-12-03) with the code of this run.
 
 - Model: {layers} blocks of hidden {hidden} (288K parameters) are enough for the task: the baseline
   ends at a validation CE of {baseline_ce:.3f} nats per token (the task's entropy: {entropy:.3f}) with
