@@ -648,7 +648,7 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", default="runs/toy_experiment", help="checkpoints and logs")
     p.add_argument("--train-iters", type=int, default=16000)
     p.add_argument("--eval-interval", type=int, default=1000)
-    p.add_argument("--latent-bits", type=int, default=9, help="H (the paper: 16)")
+    p.add_argument("--latent-bits", type=int, default=12, help="H (the paper: 16)")
     p.add_argument("--groups", type=int, default=24, help="prompts, each one group per setting")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument(
