@@ -666,6 +666,11 @@ At learning rate 0.002 (this run's):
     prior 0.508): the decoder pays the penalty rather than give the code up, so this is not a
     1/8-bit model. A shared Z keeps some of the noise (Jaccard 0.17 against 0.02, partly) and
     little of the position (0.13 against 0.04, distance 16.1 against 20.8); 98 % well-formed.
+- More training at kappa = 1/8 (exploration 2026-12-06): this run's kappa = 1/8 model trained
+  8,000 iterations more at 1/8 (--finetune, a new schedule 0.002 to 0.0002, ~13 minutes alone):
+  Z stays at the hinge (KL 0.120 bits, posterior 0.271 against prior 0.313, as before) and the
+  position does not move (same position 0.09 against 0.02, distance 12.6 against 20.1; Jaccard
+  0.03 and 0.03; 98 % well-formed).
 - Not reached: in no run here did a shared Z fix the target position at kappa = 1/8 (the best:
   0.11 against 0.02 in this run, 0.09 against 0.02 in the H = 9 default run, 0.09 against 0.03 from
   a warm start). The paper's kappa = 1/8 behaviour, position and not noise, showed at kappa = 1 in
