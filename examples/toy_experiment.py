@@ -552,9 +552,9 @@ at H = 12 and 16,000 iterations (same flags otherwise, seed 1234, in both).
   verdict is "does not match" (the paper: samples stay well-formed at 1 bit). The uniform prior is
   far from the encoder's codes (prior CE 1.55): samples drawn with it carry far more "!" than the
   data and put the target near the start, so independent-Z pairs agree more than the baseline's
-  (position 0.13, noise Jaccard 0.30). In the 16,000-iteration run kappa = 1
-  had matched in full: posterior 0.047 (Z in use from 2,000, 0.100 at 4,000, 0.063 at 8,000),
-  prior 1.41; position 0.70 against 0.04, noise 0.52 against 0.10, 96 % well-formed.
+  (position 0.13, noise Jaccard 0.30). In the 16,000-iteration run kappa = 1 had matched in full:
+  posterior 0.047 (Z in use from 2,000, 0.100 at 4,000, 0.063 at 8,000), prior 1.41; position
+  0.70 against 0.04, noise 0.52 against 0.10, 96 % well-formed.
 - At kappa = 8 Z comes into full use at iteration 3,000 (posterior CE 0.063, prior 0.80; 0.0062 at
   6,000, 0.0035 at 24,000, prior 1.73). Samples drawn with prior Z break (32 % well-formed against
   the baseline's 100 %), and a shared Z fixes the position (0.92 against 0.04, distance 0.1 against
@@ -571,15 +571,15 @@ at H = 12 and 16,000 iterations (same flags otherwise, seed 1234, in both).
   (24,000 iterations) at 1/64 and 8, with kappa = 1 off by its well-formed rate only (position
   and noise carried in both). This run is the default since it misses the paper by the smaller
   margin: at 16,000 iterations kappa = 8's Z carried neither the noise nor, in full, the position.
-- Length: {train_iters} iterations of batch {batch}; at H = 12, 16,000 above. At H = 9, 8,000 iterations (the 2026-12-03
-  default run) matched the paper at kappa = 1/64 only and partly at 1 and 8: at kappa = 1 a shared
-  Z fixed position and noise partly (0.36 against 0.02, Jaccard 0.20 against 0.05), at kappa = 8
-  samples broke so far (2 % well-formed) that the position could not be measured; 16,000 (the
-  H = 9 default run) gave kappa = 8 in full and lost the noise at kappa = 1. In 2026-11-23 runs
-  (learning rate 0.006, with code since changed in the latent's random numbers, commit 4d0de27, in
-  the softmax over the 98 padding ids of the vocabulary, and elsewhere, not bisected) kappa = 1 had
-  reached the paper's finding at 8,000 iterations and H = 9 (same position 0.63 against 0.03,
-  noise Jaccard 0.72 against 0.10).
+- Length: {train_iters} iterations of batch {batch}; at H = 12, 16,000 above. At H = 9, 8,000
+  iterations (the 2026-12-03 default run) matched the paper at kappa = 1/64 only and partly at 1 and
+  8: at kappa = 1 a shared Z fixed position and noise partly (0.36 against 0.02, Jaccard 0.20
+  against 0.05), at kappa = 8 samples broke so far (2 % well-formed) that the position could not be
+  measured; 16,000 (the H = 9 default run) gave kappa = 8 in full and lost the noise at kappa = 1.
+  In 2026-11-23 runs (learning rate 0.006, with code since changed in the latent's random numbers,
+  commit 4d0de27, in the softmax over the 98 padding ids of the vocabulary, and elsewhere, not
+  bisected) kappa = 1 had reached the paper's finding at 8,000 iterations and H = 9 (same position
+  0.63 against 0.03, noise Jaccard 0.72 against 0.10).
 - Draws: when Z comes into use, and what it comes to carry, is a symmetry-breaking event of this
   small model, and it depends on the draws. On one machine a run is repeatable (seed 1 at kappa = 1
   and H = 9, run twice on 2026-12-04: the same validation numbers to 7 digits at iteration 1,000),
@@ -679,12 +679,15 @@ At learning rate 0.002 (this run's):
   hyperparameters were not tuned for this task).
 
 The commands of the warm starts (the flags of the run they start from otherwise, --eval-interval
-250 at H = 9, 500 at H = 12;
-pretrain's --finetune loads the weights and starts a new optimizer and schedule):
+250 at H = 9, 500 at H = 12; pretrain's --finetune loads the weights and starts a new optimizer and
+schedule). At H = 9, from a 2,000-iteration kappa = 1 model:
 
     python -m megatron_free.pretrain <the flags of that run, --free-bits 1.0> --train-iters 2000
     python -m megatron_free.pretrain <the same, --free-bits 0.125> --train-iters 4000 \\
-        --load <the kappa = 1 (or 8) checkpoints> --finetune
+        --load <the kappa = 1 checkpoints> --finetune
+
+At H = 12, the second command only, with --load this run's kappa = 1 or 8 checkpoints, or its
+kappa = 1/8 checkpoints and --train-iters 8000 (the "more training" run).
 
 ## More notes
 
