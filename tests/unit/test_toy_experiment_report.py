@@ -3,6 +3,7 @@ markdown and figures written from a results dict (no training here)."""
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -96,6 +97,17 @@ def test_training_log_numbers_are_read(toy, tmp_path):
     assert parsed["ms_per_iteration"] == pytest.approx(200.0)
 
 
+def test_every_model_trains_with_the_given_seed_and_length(toy, tmp_path):
+    args = SimpleNamespace(train_iters=500, eval_interval=100, seed=7, latent_bits=12)
+    for name, kappa in toy.RUNS:
+        cmd = toy.train_command(args, kappa, tmp_path / "checkpoints")
+        assert cmd.count("--seed") == 1 and cmd[cmd.index("--seed") + 1] == "7", name
+        assert cmd[cmd.index("--train-iters") + 1] == "500", name
+        assert ("--baseline" in cmd) == (kappa is None), name
+        if kappa is not None:
+            assert cmd[cmd.index("--free-bits") + 1] == repr(kappa), name
+
+
 def test_report_and_figures_are_written(toy, tmp_path):
     pytest.importorskip("matplotlib")
     results = paper_like_results()
@@ -109,6 +121,7 @@ def test_report_and_figures_are_written(toy, tmp_path):
         "hidden": 64,
         "latent_bits": 9,
         "train_iters": 3000,
+        "seed": 7,
         "batch": 16,
         "lr": 0.002,
         "groups": 1,
@@ -124,6 +137,7 @@ def test_report_and_figures_are_written(toy, tmp_path):
     text = (tmp_path / "toy.md").read_text()
     assert "![samples](toy/samples.png)" in text and "| kappa=8 | 8 |" in text
     assert "## kappa = 1/8: the exploration" in text and "3000 iterations of batch 16" in text
+    assert "training seed 7." in text
     assert (out / "samples.png").stat().st_size > 10_000 and (out / "measures.png").stat().st_size > 10_000
 
 
