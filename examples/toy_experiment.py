@@ -520,7 +520,7 @@ at H = 12 and 16,000 iterations (same flags otherwise, seed 1234, in both).
     position 0.39 against 0.06 (partly), noise 0.77 against 0.24 (yes); 80 % well-formed.
   At H = 12 (the 16,000-iteration run and this one) a shared Z fixes position and noise at
   kappa = 1 (below). Why the wider code helps at kappa = 1 was not investigated further; H = 12
-  was tried with one seed only.
+  was tried with seeds 1234 and 2 (seed 2: partly, below).
   - Cost: the post-sampler's backward costs 2 C D FLOPs per token over all C = 2^H codes: 524
     KFLOP at H = 12 (65 KFLOP at H = 9, 8.4 MFLOP at H = 16), against 1.85 MFLOP for the rest of
     this model. Per iteration, 2 processes of 1 thread on this machine: H = 9 about 51 ms, H = 12
