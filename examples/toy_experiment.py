@@ -12,7 +12,8 @@ independently per sample (megatron_free.inference.toy_study), and writes:
     <out>/measures.png     well-formed rate, position and noise agreement, KL against kappa
     <out>.md               the results table, what matched the paper and what did not
 
---reuse keeps the checkpoints of an earlier run (to redo the evaluation or the pictures only).
+--reuse keeps the checkpoints of an earlier run (to redo the evaluation or the pictures only); it
+stops if they were trained with other flags than the ones given, since the report states them.
 Fewer iterations or groups for a quick look: --train-iters 100 --eval-interval 50 --groups 4.
 Needs matplotlib.
 """
@@ -141,6 +142,36 @@ def evaluate_command(args, load: Path, out: Path) -> list[str]:
     ]
 
 
+def _pretrain_flags(cmd: list[str]) -> dict[str, str]:
+    """{flag: value} of a pretrain command ("" for a flag without a value), --save left out: a
+    work dir keeps its meaning when moved."""
+    flags, words = {}, cmd[cmd.index("megatron_free.pretrain") + 1 :]
+    for i, word in enumerate(words):
+        if word.startswith("--") and word != "--save":
+            following = words[i + 1] if i + 1 < len(words) else "--"
+            flags[word] = "" if following.startswith("--") else following
+    return flags
+
+
+def reuse_mismatch(log: Path, wanted: list[str]) -> str | None:
+    """Why the checkpoints beside `log` cannot stand for a run of `wanted`, or None: run_pipelines
+    writes each training command at the top of its log, and --reuse reports this command's setup
+    (seed, length, H), so it must be the one the checkpoints were trained with."""
+    if not log.exists():
+        return f"--reuse: no {log} beside the checkpoints, so what they were trained with is unknown"
+    recorded = shlex.split(log.read_text().split("\n", 1)[0])
+    if "megatron_free.pretrain" not in recorded:
+        return f"--reuse: the first line of {log} is not the training command this script writes there"
+    saved, asked = _pretrain_flags(recorded), _pretrain_flags(wanted)
+    for flag in [*asked, *(flag for flag in saved if flag not in asked)]:
+        if saved.get(flag) != asked.get(flag):
+            was, now = (f"{flag} {flags[flag]}".strip() if flag in flags else f"no {flag}" for flags in (saved, asked))
+            return (
+                f"--reuse: {log} was trained with {was}, this command asks {now}; give its flags or another --work-dir"
+            )
+    return None
+
+
 def run_pipelines(args, work: Path) -> dict:
     """Per run: train (unless --reuse finds its checkpoint), then evaluate. Runs proceed in
     parallel up to --jobs processes, each with max(1, cores // jobs) intra-op threads: on a
@@ -154,9 +185,12 @@ def run_pipelines(args, work: Path) -> dict:
         folder = run_dir(work, name)
         folder.mkdir(parents=True, exist_ok=True)
         save = folder / "checkpoints"
-        steps = []
-        if not (args.reuse and (save / "latest_checkpointed_iteration.txt").exists()):
-            steps.append(("train", train_command(args, kappa, save), folder / "train.log"))
+        steps, train = [], train_command(args, kappa, save)
+        if args.reuse and (save / "latest_checkpointed_iteration.txt").exists():
+            if mismatch := reuse_mismatch(folder / "train.log", train):
+                sys.exit(mismatch)
+        else:
+            steps.append(("train", train, folder / "train.log"))
         steps.append(("evaluate", evaluate_command(args, save, folder / "samples.json"), folder / "evaluate.log"))
         pending.append((name, steps))
     seconds = {}

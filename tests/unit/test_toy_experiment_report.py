@@ -2,6 +2,7 @@
 markdown and figures written from a results dict (no training here)."""
 
 import importlib.util
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -152,3 +153,31 @@ def test_position_is_not_judged_on_too_few_well_formed_pairs(toy):
     results["kappa=8"]["shared"]["noise_jaccard"] = 0.3
     line = next(x for x in toy.verdicts(results) if x.startswith("- kappa = 8 bit"))
     assert "**partly matches** (position: n/a, paper: yes; noise: partly, paper: yes)" in line
+
+
+def test_reuse_refuses_checkpoints_trained_with_other_flags(toy, tmp_path):
+    """--reuse reports the command's setup, so it must be the one the checkpoints were trained with."""
+    trained = SimpleNamespace(train_iters=500, eval_interval=100, seed=7, latent_bits=12)
+    for name, kappa in toy.RUNS:
+        folder = toy.run_dir(tmp_path / "moved", name)
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("500\n")
+        command = toy.train_command(trained, kappa, tmp_path / "before" / "checkpoints")
+        (folder / "train.log").write_text(" ".join(command) + "\niteration 1/500\n")
+    same = ["--train-iters", "500", "--eval-interval", "100", "--seed", "7"]
+    log = toy.run_dir(tmp_path / "moved", "baseline") / "train.log"
+    for name, kappa in toy.RUNS:  # the same flags: a moved work dir (another --save) still fits
+        wanted = toy.train_command(trained, kappa, tmp_path / "moved" / "checkpoints")
+        assert toy.reuse_mismatch(toy.run_dir(tmp_path / "moved", name) / "train.log", wanted) is None, name
+    base = ["--reuse", "--work-dir", str(tmp_path / "moved"), "--out", str(tmp_path / "out")]
+    seed_differs = f"^--reuse: {re.escape(str(log))} was trained with --seed 7, this command asks --seed 8;"
+    with pytest.raises(SystemExit, match=seed_differs):
+        toy.main([*base, *same[:-1], "8"])
+    with pytest.raises(SystemExit, match="was trained with --latent-bits 12, this command asks --latent-bits 9;"):
+        toy.main([*base, *same, "--latent-bits", "9"])
+    log.write_text("iteration 1/500\n")
+    with pytest.raises(SystemExit, match="is not the training command this script writes there"):
+        toy.main([*base, *same])
+    log.unlink()
+    with pytest.raises(SystemExit, match=f"^--reuse: no {re.escape(str(log))} beside the checkpoints"):
+        toy.main([*base, *same])
