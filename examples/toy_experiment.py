@@ -760,9 +760,9 @@ At learning rate 0.002 (this run's):
   against 0.02 in this run, 0.09 against 0.02 in the H = 9 default run, 0.09 against 0.03 from a
   warm start). The paper's kappa = 1/8 behaviour, position and not noise, showed at kappa = 1 in the
   H = 9 default run instead, partly (above). At H = 12 and 24,000 iterations four seeds (1234, 2, 4,
-  5) gave Z in use only in this run. Left to try: more seeds per setting, H = 16 and a
-  larger model and longer runs where a GPU is lent (the paper's models are much larger; its
-  hyperparameters were not tuned for this task).
+  5) gave Z in use only in this run. Left to try: more seeds per setting, H = 16 and a larger model
+  and longer runs where a GPU is lent (the paper's models are much larger; its hyperparameters were
+  not tuned for this task).
 
 The commands of the warm starts (the flags of the run they start from otherwise, --eval-interval
 250 at H = 9, 500 at H = 12; pretrain's --finetune loads the weights and starts a new optimizer and
