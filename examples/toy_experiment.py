@@ -1,6 +1,6 @@
 """Reproduce the toy experiment of the Free Transformer paper (section 4.1, Figure 4) on CPU.
 
-    python examples/toy_experiment.py --out docs/toy_experiment     # ~105 min on 2 CPU cores
+    python examples/toy_experiment.py --out docs/toy_experiment     # ~110 min on 2 CPU cores
 
 Trains a baseline and Free Transformers with kappa = 1/64, 1/8, 1 and 8 bits on the toy task
 (`python -m megatron_free.pretrain --toy-data`, one process each, checkpoints under --work-dir),
@@ -343,6 +343,8 @@ def measures_figure(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from megatron_free.inference.toy_study import bootstrap_interval
+
     free = [(r["kappa"], r) for r in results.values() if r["kappa"] is not None]
     base = next((r for r in results.values() if r["kappa"] is None), None)
     xs = [math.log2(k) for k, _ in free]
@@ -351,11 +353,16 @@ def measures_figure(results: dict, path: Path) -> None:
         ("position_distance", "mean |position difference| of pairs", 25.0),
         ("noise_jaccard", "Jaccard overlap of '!' positions of pairs", 1.0),
         ("well_formed", "well-formed samples", 1.0),
-    ]
+    ]  # bars: 95 % bootstrap intervals over the groups
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(18, 3.4))
     for ax, (key, label, top) in zip(axes, panels):
         for setting, style in (("shared", "o-"), ("independent", "s--")):
-            ax.plot(xs, [r[setting][key] for _, r in free], style, label=f"{setting} Z")
+            values = [r[setting][key] for _, r in free]
+            lows, highs = zip(*(bootstrap_interval(r[setting]["groups"], key) for _, r in free))
+            # A percentile interval may leave out the estimate itself; errorbar takes no negative length.
+            below = [max(0.0, v - low) for v, low in zip(values, lows)]
+            above = [max(0.0, high - v) for v, high in zip(values, highs)]
+            ax.errorbar(xs, values, yerr=[below, above], fmt=style, capsize=3, label=f"{setting} Z")
         if base is not None:
             ax.axhline(base["independent"][key], color="gray", lw=0.8, ls=":", label="baseline")
         ax.set_title(label, fontsize=9)
@@ -391,6 +398,14 @@ def carried(result: dict, what: str) -> str:
     if shared >= CARRIED_MIN and shared >= independent + CARRIED_MARGIN:
         return "yes"
     return "partly" if shared >= independent + PARTLY_MARGIN else "no"
+
+
+def with_interval(result: dict, setting: str, key: str) -> str:
+    """A measure and its 95 % bootstrap interval over the groups, e.g. "0.63 [0.56, 0.69]"."""
+    from megatron_free.inference.toy_study import bootstrap_interval
+
+    low, high = bootstrap_interval(result[setting]["groups"], key)
+    return f"{_fmt(result[setting][key], 2)} [{_fmt(low, 2)}, {_fmt(high, 2)}]"
 
 
 def verdicts(results: dict) -> list[str]:
@@ -429,10 +444,19 @@ def verdicts(results: dict) -> list[str]:
             verdict = f"**partly matches** ({differences})"
         else:
             verdict = f"**does not match** ({differences})"
+        position_numbers, noise_numbers = (
+            f"shared Z {with_interval(r, 'shared', key)}, independent {with_interval(r, 'independent', key)}"
+            for key in ("position_agreement", "noise_jaccard")
+        )
+        well_formed = f"independent Z {with_interval(r, 'independent', 'well_formed')}" + (
+            f", baseline {with_interval(results['baseline'], 'independent', 'well_formed')}"
+            if base_wf is not None
+            else ""
+        )
         out.append(
             f"- kappa = {kappa_label(r['kappa'])} bit, paper: {text[name]}. Measured: position "
-            f"carried: {position}; noise carried: {noise}; well-formed rate drops: "
-            f"{got[2]}: {verdict}."
+            f"carried: {position} ({position_numbers}); noise carried: {noise} ({noise_numbers}); "
+            f"well-formed rate drops: {got[2]} ({well_formed}): {verdict}."
         )
     return out
 
@@ -517,6 +541,9 @@ Well-formed samples drop when the
 independent-Z rate is at least {BREAKS_MARGIN} below the baseline's. For kappa = 8 the paper says Z
 carries the whole sequence, so position and noise are expected to be carried there too. Position is
 not measured (n/a) where a setting has fewer than {MIN_POSITION_PAIRS} pairs of well-formed samples.
+The rules read the measures; beside each, in brackets, its 95 % bootstrap interval over the
+{meta["groups"]} groups (the groups, not the pairs, are the independent draws): where a rule's
+threshold falls inside it, another draw of samples from the same model may give another verdict.
 
 {chr(10).join(verdicts(results))}
 
@@ -807,7 +834,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-interval", type=int, default=1000)
     p.add_argument("--latent-bits", type=int, default=12, help="H (the paper: 16)")
     p.add_argument("--seed", type=int, default=1234, help="training seed of every model (initial weights, data)")
-    p.add_argument("--groups", type=int, default=24, help="prompts, each one group per setting")
+    p.add_argument("--groups", type=int, default=96, help="prompts, each one group per setting")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument(
         "--jobs", type=int, default=len(RUNS), help="processes at once, each with max(1, cores // jobs) threads"

@@ -16,12 +16,14 @@ Measures over groups of generated texts (pairs are unordered pairs of samples of
   noise_jaccard       over all pairs: mean |A & B| / |A | B| of the "!" positions (1 when both empty)
 A model whose Z carries the target position has position_agreement near 1 in shared-Z groups and
 near 1/57 (a uniform position) in independent-Z groups; likewise the noise measures for the noise.
+bootstrap_interval gives a measure's uncertainty, resampling whole groups.
 """
 
 from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 from megatron_free.data.toy import BODY_LENGTH, NOISE_CHAR, PROMPT_LENGTH, parse_toy_sample
@@ -102,6 +104,38 @@ def summarize_groups(groups) -> dict:
         "noise_jaccard": noise["noise_jaccard"],
         "pairs": noise["pairs"],
     }
+
+
+# The count each measure of summarize_groups is a mean over: over many groups, the measure is
+# sum(measure x count) / sum(count) of the per-group values.
+_MEASURE_COUNTS = {
+    "well_formed": "samples",
+    "position_agreement": "position_pairs",
+    "position_distance": "position_pairs",
+    "noise_identical": "pairs",
+    "noise_jaccard": "pairs",
+}
+
+
+def bootstrap_interval(groups, key: str, *, confidence=0.95, resamples=2000, seed=0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``summarize_groups(groups)[key]``, resampling whole groups
+    with replacement: samples of one group share a prompt (and, with shared Z, a Z), so groups,
+    not pairs, are the independent draws. (NaN, NaN) where some resample has nothing to measure
+    (position: no pair of well-formed samples).
+
+    numpy over per-group sums rather than scipy.stats.bootstrap: scipy is not a dependency, and
+    this keeps each resample a sum, not a new summarize_groups over the texts."""
+    count_key = _MEASURE_COUNTS[key]
+    per_group = [summarize_groups([group]) for group in groups]
+    counts = np.array([g[count_key] for g in per_group], dtype=float)
+    totals = np.array([g[key] * g[count_key] if g[count_key] else 0.0 for g in per_group])
+    picks = np.random.default_rng(seed).integers(0, len(per_group), size=(resamples, len(per_group)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = totals[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    if not np.isfinite(values).all():
+        return float("nan"), float("nan")
+    low, high = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
 
 
 def generate_groups(

@@ -72,7 +72,7 @@ def test_unused_latent_does_not_match_the_paper_at_one_bit(toy):
     results = paper_like_results()
     results["kappa=1"] = run(1.0, measures(), measures(position=0.23), kl=0.8)
     line = next(x for x in toy.verdicts(results) if x.startswith("- kappa = 1 bit"))
-    assert "position carried: partly; noise carried: no" in line
+    assert re.search(r"position carried: partly \(.*\); noise carried: no \(", line)
     assert "**does not match** (position: partly, paper: yes; noise: no, paper: yes)" in line
 
 
@@ -142,13 +142,40 @@ def test_report_and_figures_are_written(toy, tmp_path):
     assert (out / "samples.png").stat().st_size > 10_000 and (out / "measures.png").stat().st_size > 10_000
 
 
+def test_verdicts_show_each_measure_with_its_interval_over_the_groups(toy):
+    """Half the shared-Z groups are copies (position and noise agree), half independent data
+    samples: the rates come from the measures, the intervals from resampling those groups."""
+    from megatron_free.data.toy import generate_toy_sample
+    from megatron_free.inference.toy_study import summarize_groups
+
+    texts = [generate_toy_sample((3, i)).text for i in range(160)]
+    independent = [texts[i : i + 8] for i in range(0, 80, 8)] * 2
+    shared = [[t] * 8 for t in texts[80:90]] + [texts[i : i + 8] for i in range(90, 160, 7)][:10]
+    results = paper_like_results()
+    results["kappa=1"] = run(
+        1.0,
+        {**summarize_groups(independent), "groups": independent},
+        {**summarize_groups(shared), "groups": shared},
+        kl=0.9,
+    )
+    line = next(x for x in toy.verdicts(results) if x.startswith("- kappa = 1 bit"))
+    numbers = r"(\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\]"
+    position = re.search(rf"position carried: (\w+) \(shared Z {numbers}, independent {numbers}\)", line)
+    assert position, line
+    rate, low, high = map(float, position.groups()[1:4])
+    assert rate == pytest.approx(summarize_groups(shared)["position_agreement"], abs=0.005)
+    assert low < rate - 0.1 and high > rate + 0.1  # 20 groups, half of them agreeing
+    assert re.search(rf"noise carried: \w+ \(shared Z {numbers}, independent {numbers}\)", line)
+    assert re.search(rf"well-formed rate drops: no \(independent Z 1.00 \[1.00, 1.00\], baseline {numbers}\)", line)
+
+
 def test_position_is_not_judged_on_too_few_well_formed_pairs(toy):
     """Broken samples at kappa = 8 leave no well-formed pairs: position n/a, not "no"."""
     results = paper_like_results()
     broken = measures(well_formed=0.02, position=float("nan"), distance=float("nan"), noise=0.08)
     results["kappa=8"] = run(8.0, {**broken, "position_pairs": 0}, {**measures(noise=0.9), "position_pairs": 1}, kl=7.9)
     line = next(x for x in toy.verdicts(results) if x.startswith("- kappa = 8 bit"))
-    assert "position carried: n/a; noise carried: yes" in line
+    assert re.search(r"position carried: n/a \(.*\); noise carried: yes \(", line)
     assert "**matches where measured** (position: n/a, paper: yes)" in line
     results["kappa=8"]["shared"]["noise_jaccard"] = 0.3
     line = next(x for x in toy.verdicts(results) if x.startswith("- kappa = 8 bit"))

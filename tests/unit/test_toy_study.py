@@ -7,6 +7,7 @@ import pytest
 
 from megatron_free.data.toy import generate_toy_sample
 from megatron_free.inference.toy_study import (
+    bootstrap_interval,
     noise_agreement,
     noise_positions,
     position_agreement,
@@ -110,3 +111,31 @@ def test_summary_of_random_strings_is_finite():
     assert math.isnan(summary["position_agreement"]) and summary["position_pairs"] == 0
     assert math.isnan(summary["position_distance"])
     assert 0.0 <= summary["noise_jaccard"] <= 1.0
+
+
+def test_bootstrap_pools_each_resample_as_summarize_groups_does():
+    """Two groups: a resample is AA, AB or BB (1/4, 1/2, 1/4), so the 30 % and 70 % quantiles are
+    AB's value, the pooled rate over both groups (4 of 6 well-formed), not the mean of their rates."""
+    whole, broken = [make(position=p) for p in (0, 9, 20, 40)], [make()[:-1]] * 2
+    assert summarize_groups([whole, broken])["well_formed"] == pytest.approx(4 / 6)
+    assert bootstrap_interval([whole, broken], "well_formed", confidence=0.4) == pytest.approx((4 / 6, 4 / 6))
+    assert bootstrap_interval([whole, broken], "well_formed") == pytest.approx((0.0, 1.0))
+    assert bootstrap_interval([whole] * 5, "position_agreement") == pytest.approx((0.0, 0.0))
+
+
+def test_bootstrap_resamples_groups_not_pairs():
+    """Half the groups are copies (every pair agrees), half independent data samples (pairs rarely
+    agree): the rate is ~0.5 and, with 20 groups, uncertain by about +-0.2. Resampling the 560 pairs
+    as if independent would give about +-0.04."""
+    texts = [generate_toy_sample((3, i)).text for i in range(80)]
+    groups = [[t] * 8 for t in texts[:10]] + [texts[i : i + 8] for i in range(10, 80, 7)][:10]
+    rate = summarize_groups(groups)["position_agreement"]
+    low, high = bootstrap_interval(groups, "position_agreement")
+    assert 0.4 < rate < 0.6
+    assert low < rate - 0.12 and high > rate + 0.12 and 0.0 < low and high < 1.0
+
+
+def test_bootstrap_interval_is_nan_where_nothing_can_be_measured():
+    garbage = [["K>" + "_" * 64] * 3] * 4  # no run of the letter: no well-formed pair
+    assert all(math.isnan(x) for x in bootstrap_interval(garbage, "position_agreement"))
+    assert bootstrap_interval(garbage, "noise_jaccard") == pytest.approx((1.0, 1.0))  # no "!" anywhere
