@@ -7,7 +7,8 @@ Trains a baseline and Free Transformers with kappa = 1/64, 1/8, 1 and 8 bits on 
 samples groups of sequences from each checkpoint with one Z shared by the group and with Z drawn
 independently per sample (megatron_free.inference.toy_study), and writes:
 
-    <out>/results.json     every measure, every generated text, the training logs' numbers
+    <out>/results.json     every measure (intervals: 95 % bootstrap over the groups), every generated
+                           text, the training logs' numbers
     <out>/samples.png      the paper's Figure 4: sequences per kappa, independent vs shared Z
     <out>/measures.png     well-formed rate, position and noise agreement, KL against kappa
     <out>.md               the results table, what matched the paper and what did not
@@ -247,13 +248,26 @@ def parse_train_log(path: Path) -> dict:
     return {"validation": validation, "ms_per_iteration": sum(iter_ms) / len(iter_ms) if iter_ms else None}
 
 
+# The measures shown with their 95 % bootstrap intervals over the groups (verdicts, measures.png).
+INTERVAL_MEASURES = ("position_agreement", "position_distance", "noise_jaccard", "well_formed")
+
+
+def measure_groups(texts: list[list[str]]) -> dict:
+    """The groups of one setting with their measures and, once for the report and results.json,
+    each of INTERVAL_MEASURES' 95 % bootstrap interval over the groups."""
+    from megatron_free.inference.toy_study import bootstrap_interval, summarize_groups
+
+    intervals = {key: bootstrap_interval(texts, key) for key in INTERVAL_MEASURES}
+    return {"groups": texts, **summarize_groups(texts), "intervals": intervals}
+
+
 def evaluate_checkpoint(load: str, out: str, groups: int, group_size: int) -> None:
     """In this process: load the checkpoint, generate the groups, write the measures as JSON."""
     import torch
 
     from megatron_free.data.toy import LETTERS
     from megatron_free.inference.checkpoint import load_for_inference
-    from megatron_free.inference.toy_study import generate_groups, summarize_groups
+    from megatron_free.inference.toy_study import generate_groups
     from megatron_free.parallel.distributed import destroy_distributed, select_device
 
     torch.manual_seed(0)
@@ -273,7 +287,7 @@ def evaluate_checkpoint(load: str, out: str, groups: int, group_size: int) -> No
         texts = generate_groups(
             [model], tokenizer, letters, group_size, shared_z=shared, latent_bits=latent_bits, seed=seed
         )
-        result[setting] = {"groups": texts, **summarize_groups(texts), "seconds": time.perf_counter() - began}
+        result[setting] = {**measure_groups(texts), "seconds": time.perf_counter() - began}
         print(f"{setting} Z: {json.dumps({k: v for k, v in result[setting].items() if k != 'groups'})}", flush=True)
     Path(out).write_text(json.dumps(result, indent=1))
     destroy_distributed()
@@ -343,8 +357,6 @@ def measures_figure(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from megatron_free.inference.toy_study import bootstrap_interval
-
     free = [(r["kappa"], r) for r in results.values() if r["kappa"] is not None]
     base = next((r for r in results.values() if r["kappa"] is None), None)
     xs = [math.log2(k) for k, _ in free]
@@ -358,7 +370,7 @@ def measures_figure(results: dict, path: Path) -> None:
     for ax, (key, label, top) in zip(axes, panels):
         for setting, style in (("shared", "o-"), ("independent", "s--")):
             values = [r[setting][key] for _, r in free]
-            lows, highs = zip(*(bootstrap_interval(r[setting]["groups"], key) for _, r in free))
+            lows, highs = zip(*(r[setting]["intervals"][key] for _, r in free))
             # A percentile interval may leave out the estimate itself; errorbar takes no negative length.
             below = [max(0.0, v - low) for v, low in zip(values, lows)]
             above = [max(0.0, high - v) for v, high in zip(values, highs)]
@@ -402,9 +414,7 @@ def carried(result: dict, what: str) -> str:
 
 def with_interval(result: dict, setting: str, key: str) -> str:
     """A measure and its 95 % bootstrap interval over the groups, e.g. "0.63 [0.56, 0.69]"."""
-    from megatron_free.inference.toy_study import bootstrap_interval
-
-    low, high = bootstrap_interval(result[setting]["groups"], key)
+    low, high = result[setting]["intervals"][key]
     return f"{_fmt(result[setting][key], 2)} [{_fmt(low, 2)}, {_fmt(high, 2)}]"
 
 

@@ -22,6 +22,15 @@ def toy():
 def measures(well_formed=0.95, position=0.02, distance=19.0, noise=0.03):
     return {
         "groups": [["K>" + "_" * 64] * 2],
+        "intervals": {  # as measure_groups writes them, here a made-up +-0.05 around each measure
+            key: (value - 0.05, value + 0.05)
+            for key, value in (
+                ("well_formed", well_formed),
+                ("position_agreement", position),
+                ("position_distance", distance),
+                ("noise_jaccard", noise),
+            )
+        },
         "well_formed": well_formed,
         "position_agreement": position,
         "position_distance": distance,
@@ -152,12 +161,7 @@ def test_verdicts_show_each_measure_with_its_interval_over_the_groups(toy):
     independent = [texts[i : i + 8] for i in range(0, 80, 8)] * 2
     shared = [[t] * 8 for t in texts[80:90]] + [texts[i : i + 8] for i in range(90, 160, 7)][:10]
     results = paper_like_results()
-    results["kappa=1"] = run(
-        1.0,
-        {**summarize_groups(independent), "groups": independent},
-        {**summarize_groups(shared), "groups": shared},
-        kl=0.9,
-    )
+    results["kappa=1"] = run(1.0, toy.measure_groups(independent), toy.measure_groups(shared), kl=0.9)
     line = next(x for x in toy.verdicts(results) if x.startswith("- kappa = 1 bit"))
     numbers = r"(\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\]"
     position = re.search(rf"position carried: (\w+) \(shared Z {numbers}, independent {numbers}\)", line)
